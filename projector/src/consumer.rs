@@ -1,0 +1,307 @@
+//! The Kafka side: a consumer-group member that reads batches and hands them to the [`Store`].
+//!
+//! The loop runs on a thread of its own: librdkafka's rebalance callback runs inside `poll`, and
+//! on an assignment it must block until PostgreSQL has told it where to resume (the stored
+//! offsets, not Kafka's). Kafka's committed offsets are written too, but only so that standard
+//! tools can show the group's lag; nothing reads them back.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
+use rdkafka::error::KafkaResult;
+use rdkafka::message::{Headers, Message};
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use tokio::runtime::Handle;
+
+use crate::Config;
+use crate::store::{BatchOutcome, Claim, Record, Store, StoreError};
+
+/// The partitions this instance owns right now, and its claim on each.
+pub type Ownership = Arc<Mutex<BTreeMap<i32, Claim>>>;
+
+/// Counters the loop keeps for `/metrics` and the tests.
+#[derive(Debug, Default)]
+pub struct Progress {
+    pub outcome: Mutex<BatchOutcome>,
+}
+
+/// Claims partitions in PostgreSQL when Kafka assigns them, and positions the consumer there.
+struct Rebalancer {
+    store: Store,
+    runtime: Handle,
+    topic: String,
+    owner: String,
+    ownership: Ownership,
+    stopping: Arc<AtomicBool>,
+}
+
+impl ClientContext for Rebalancer {}
+
+impl ConsumerContext for Rebalancer {
+    fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                let partitions: Vec<i32> = tpl.elements_for_topic(&self.topic).iter().map(|e| e.partition()).collect();
+                let Some(claims) = self.claim(&partitions) else { return };
+                let assignment = positioned(&self.topic, &claims);
+                if let Err(e) = consumer.assign(&assignment) {
+                    tracing::error!(error = %e, "cannot assign partitions");
+                    return;
+                }
+                tracing::info!(?claims, "partitions assigned");
+                *lock(&self.ownership) = claims;
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                tracing::info!(partitions = ?lock(&self.ownership).keys().collect::<Vec<_>>(), "partitions revoked");
+                lock(&self.ownership).clear();
+                if let Err(e) = consumer.unassign() {
+                    tracing::error!(error = %e, "cannot unassign partitions");
+                }
+            }
+            other => {
+                tracing::error!(error = ?other, "rebalance failed");
+                lock(&self.ownership).clear();
+                let _ = consumer.unassign();
+            }
+        }
+    }
+}
+
+impl Rebalancer {
+    /// Claims `partitions`, retrying while PostgreSQL is unavailable. `None` when stopping.
+    fn claim(&self, partitions: &[i32]) -> Option<BTreeMap<i32, Claim>> {
+        let mut backoff = Backoff::default();
+        loop {
+            match self.runtime.block_on(self.store.claim(partitions, &self.owner)) {
+                Ok(claims) => return Some(claims),
+                Err(e) => tracing::warn!(error = %e, "cannot claim partitions; retrying"),
+            }
+            if self.stopping.load(Ordering::Relaxed) {
+                return None;
+            }
+            std::thread::sleep(backoff.next());
+        }
+    }
+}
+
+pub fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// An assignment that starts each partition at its claimed offset.
+fn positioned(topic: &str, claims: &BTreeMap<i32, Claim>) -> TopicPartitionList {
+    let mut tpl = TopicPartitionList::new();
+    for (partition, claim) in claims {
+        // Adding a partition with an offset cannot fail for a valid offset.
+        let _ = tpl.add_partition_offset(topic, *partition, Offset::Offset(claim.next_offset));
+    }
+    tpl
+}
+
+/// Exponential backoff for retries against a dependency that is down.
+struct Backoff(Duration);
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff(Duration::from_millis(100))
+    }
+}
+
+impl Backoff {
+    fn next(&mut self) -> Duration {
+        let current = self.0;
+        self.0 = (self.0 * 2).min(Duration::from_secs(5));
+        current
+    }
+}
+
+/// The consumer loop; [`Projector::run`] returns when `stopping` is set.
+pub struct Projector {
+    consumer: BaseConsumer<Rebalancer>,
+    store: Store,
+    runtime: Handle,
+    topic: String,
+    batch_size: usize,
+    ownership: Ownership,
+    stopping: Arc<AtomicBool>,
+    progress: Arc<Progress>,
+}
+
+impl Projector {
+    pub fn new(
+        config: &Config,
+        store: Store,
+        runtime: Handle,
+        stopping: Arc<AtomicBool>,
+        progress: Arc<Progress>,
+    ) -> KafkaResult<(Projector, Ownership)> {
+        let ownership = Ownership::default();
+        let context = Rebalancer {
+            store: store.clone(),
+            runtime: runtime.clone(),
+            topic: config.kafka_topic.clone(),
+            owner: config.instance_id(),
+            ownership: ownership.clone(),
+            stopping: stopping.clone(),
+        };
+        let consumer: BaseConsumer<Rebalancer> = ClientConfig::new()
+            .set("bootstrap.servers", &config.kafka_brokers)
+            .set("group.id", &config.kafka_group_id)
+            .set("client.id", config.instance_id())
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("session.timeout.ms", config.kafka_session_timeout_ms.to_string())
+            .set("heartbeat.interval.ms", (config.kafka_session_timeout_ms / 3).max(500).to_string())
+            .create_with_context(context)?;
+        consumer.subscribe(&[&config.kafka_topic])?;
+        let projector = Projector {
+            consumer,
+            store,
+            runtime,
+            topic: config.kafka_topic.clone(),
+            batch_size: config.batch_size as usize,
+            ownership: ownership.clone(),
+            stopping,
+            progress,
+        };
+        Ok((projector, ownership))
+    }
+
+    /// Reads, decides and commits until `stopping` is set. A batch in flight when it is set is
+    /// finished; a batch that cannot commit is abandoned (rolled back) and re-read next time.
+    pub fn run(self) {
+        while !self.stopping.load(Ordering::Relaxed) {
+            let batch = self.next_batch();
+            if batch.is_empty() {
+                continue;
+            }
+            self.commit(&batch);
+        }
+        tracing::info!("projector stopped");
+    }
+
+    /// Waits up to a short while for a first record, then takes whatever else is buffered, up
+    /// to the batch size. Records of partitions we do not own, or before our claimed position,
+    /// are left out.
+    fn next_batch(&self) -> Vec<Record> {
+        let mut batch = Vec::new();
+        let mut wait = Duration::from_millis(250);
+        while batch.len() < self.batch_size {
+            let Some(result) = self.consumer.poll(wait) else { break };
+            wait = Duration::ZERO;
+            match result {
+                Ok(message) => batch.push(Record {
+                    partition: message.partition(),
+                    offset: message.offset(),
+                    key: message.key().map(<[u8]>::to_vec),
+                    payload: message.payload().map(<[u8]>::to_vec),
+                    headers: message
+                        .headers()
+                        .map(|hs| hs.iter().map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec))).collect())
+                        .unwrap_or_default(),
+                }),
+                Err(e) => tracing::warn!(error = %e, "consumer error"),
+            }
+        }
+        let ownership = lock(&self.ownership);
+        batch.retain(|r| ownership.get(&r.partition).is_some_and(|c| r.offset >= c.next_offset));
+        batch
+    }
+
+    /// Commits one batch, retrying the slow path for bad statements and waiting out an
+    /// unavailable database.
+    fn commit(&self, batch: &[Record]) {
+        let claims = lock(&self.ownership).clone();
+        let mut result = self.runtime.block_on(self.store.commit_batch(batch, &claims, false));
+        if let Err(StoreError::Statement(e)) = &result {
+            tracing::warn!(error = %e, "batch failed; retrying event by event");
+            result = self.runtime.block_on(self.store.commit_batch(batch, &claims, true));
+        }
+        match result {
+            Ok(outcome) => self.advance(&claims, outcome),
+            Err(e) => {
+                tracing::error!(error = %e, "batch abandoned; will re-read it from the stored offsets");
+                self.resync();
+            }
+        }
+    }
+
+    fn advance(&self, claims: &BTreeMap<i32, Claim>, outcome: BatchOutcome) {
+        {
+            let mut ownership = lock(&self.ownership);
+            for (partition, next_offset) in &outcome.committed {
+                // Only if the claim we committed under is still the one we hold.
+                if let Some(claim) = ownership.get_mut(partition)
+                    && claims.get(partition).map(|c| c.epoch) == Some(claim.epoch)
+                {
+                    claim.next_offset = *next_offset;
+                }
+            }
+            for partition in &outcome.fenced {
+                tracing::warn!(partition, "partition fenced: another instance claimed it");
+                ownership.remove(partition);
+            }
+        }
+        if !outcome.committed.is_empty() {
+            let mut offsets = TopicPartitionList::new();
+            for (partition, next_offset) in &outcome.committed {
+                let _ = offsets.add_partition_offset(&self.topic, *partition, Offset::Offset(*next_offset));
+            }
+            // Only for tools that show group lag; our own position lives in PostgreSQL.
+            if let Err(e) = self.consumer.commit(&offsets, CommitMode::Async) {
+                tracing::debug!(error = %e, "kafka offset commit failed (informational only)");
+            }
+        }
+        let mut total = lock(&self.progress.outcome);
+        total.applied += outcome.applied;
+        total.duplicates += outcome.duplicates;
+        total.dead_letters += outcome.dead_letters;
+        for (reason, n) in outcome.rejected {
+            *total.rejected.entry(reason).or_default() += n;
+        }
+        total.committed.extend(outcome.committed);
+    }
+
+    /// After an abandoned batch: wait for PostgreSQL, claim our partitions again and re-read
+    /// from the stored offsets. Polling with everything paused keeps our group membership.
+    fn resync(&self) {
+        let mut backoff = Backoff::default();
+        loop {
+            if let Ok(assignment) = self.consumer.assignment() {
+                let _ = self.consumer.pause(&assignment);
+            }
+            // Serves rebalance callbacks while we wait; paused partitions deliver nothing we keep.
+            let _ = self.consumer.poll(backoff.next());
+            if self.stopping.load(Ordering::Relaxed) {
+                return;
+            }
+            let partitions: Vec<i32> = lock(&self.ownership).keys().copied().collect();
+            if partitions.is_empty() {
+                return;
+            }
+            match self.runtime.block_on(self.store.claim(&partitions, &owner_of(&self.consumer))) {
+                Ok(claims) => {
+                    let assignment = positioned(&self.topic, &claims);
+                    if let Err(e) = self.consumer.assign(&assignment).and_then(|()| self.consumer.resume(&assignment)) {
+                        tracing::error!(error = %e, "cannot re-assign partitions");
+                        continue;
+                    }
+                    tracing::info!(?claims, "database back; resumed from stored offsets");
+                    *lock(&self.ownership) = claims;
+                    return;
+                }
+                Err(e) => tracing::warn!(error = %e, "database still unavailable"),
+            }
+        }
+    }
+}
+
+fn owner_of(consumer: &BaseConsumer<Rebalancer>) -> String {
+    consumer.context().owner.clone()
+}

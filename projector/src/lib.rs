@@ -1,0 +1,159 @@
+//! The projector: the single, deterministic decider between the log and the read models.
+//!
+//! Each instance is a member of one Kafka consumer group. For the partitions it is given it
+//! reads the events in log order and, one transaction per batch, decides each one (applied or
+//! rejected), applies the applied ones to the read models, records every decision, and moves the
+//! partition's stored offset, fenced so that an instance that lost the partition cannot. Because
+//! the offset and the read model commit together, a crash at any point loses nothing and
+//! applies nothing twice; because the decision reads only the partition's own state, a replay
+//! of the log reproduces every decision.
+//!
+//! - [`decide`]: the pure decision, every rule of the contract, with given/when/then tests.
+//! - [`store`]: PostgreSQL: migrations, partition claims, the batch transaction, dead letters.
+//! - [`consumer`]: the Kafka consumer loop on its own thread, and the rebalance callback that
+//!   claims partitions and resumes from the stored offsets.
+//! - [`config`]: flags and environment variables.
+//!
+//! Over HTTP it serves only `/healthz`, `/readyz` and `/metrics`.
+
+pub mod config;
+pub mod consumer;
+pub mod decide;
+pub mod store;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{Json, Router};
+use service_kit::Problem;
+use service_kit::metrics::Metrics;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+pub use config::Config;
+use consumer::{Ownership, Progress, Projector};
+use store::Store;
+
+/// Shared with the HTTP handlers.
+#[derive(Clone)]
+struct AppState {
+    store: Store,
+    consumer_alive: Arc<AtomicBool>,
+    ownership: Ownership,
+}
+
+/// A projector instance, built and ready to [`run`](Application::run).
+pub struct Application {
+    listener: TcpListener,
+    router: Router,
+    projector: Projector,
+    stopping: Arc<AtomicBool>,
+    consumer_alive: Arc<AtomicBool>,
+}
+
+impl Application {
+    /// Applies the migrations (waiting for PostgreSQL), joins the consumer group and binds the
+    /// HTTP listener.
+    pub async fn build(config: Config) -> anyhow::Result<Application> {
+        let store = Store::connect_lazy(&config.database_url, &config.kafka_topic, config.db_pool_size)?;
+        migrate(&store).await?;
+        let stopping = Arc::new(AtomicBool::new(false));
+        let progress = Arc::new(Progress::default());
+        let (projector, ownership) =
+            Projector::new(&config, store.clone(), tokio::runtime::Handle::current(), stopping.clone(), progress.clone())?;
+        let consumer_alive = Arc::new(AtomicBool::new(true));
+        let metrics = Metrics::default();
+        register_metrics(&metrics, &progress, &ownership);
+        let state = AppState { store, consumer_alive: consumer_alive.clone(), ownership };
+        let router = service_kit::http::with_common_layers(router(state), metrics);
+        let listener = TcpListener::bind(config.addr).await?;
+        Ok(Application { listener, router, projector, stopping, consumer_alive })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Runs until `shutdown` resolves, then finishes the batch in flight and leaves the group.
+    /// Returns an error if the consumer loop died.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+        let Application { listener, router, projector, stopping, consumer_alive } = self;
+        let (done_tx, done_rx) = oneshot::channel();
+        std::thread::Builder::new().name("projector-consumer".into()).spawn(move || {
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| projector.run()));
+            consumer_alive.store(false, Ordering::Relaxed);
+            let _ = done_tx.send(result.is_ok());
+        })?;
+        let stop = stopping.clone();
+        let http = axum::serve(listener, router).with_graceful_shutdown(async move {
+            shutdown.await;
+            stop.store(true, Ordering::Relaxed);
+        });
+        let http = tokio::spawn(async move { http.await });
+        let clean = done_rx.await.unwrap_or(false);
+        stopping.store(true, Ordering::Relaxed);
+        http.abort();
+        if clean { Ok(()) } else { anyhow::bail!("the consumer loop panicked") }
+    }
+}
+
+/// Applies the migrations, waiting for PostgreSQL to be reachable.
+async fn migrate(store: &Store) -> anyhow::Result<()> {
+    let mut wait = Duration::from_millis(200);
+    loop {
+        match store.migrate().await {
+            Ok(()) => return Ok(()),
+            Err(sqlx::migrate::MigrateError::Execute(e)) if store::is_transient(&e) => {}
+            Err(e) => return Err(anyhow::anyhow!("migrations failed: {e}")),
+        }
+        tracing::warn!("PostgreSQL unreachable; waiting to apply migrations");
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(Duration::from_secs(5));
+    }
+}
+
+fn router(state: AppState) -> Router {
+    Router::new().route("/readyz", get(readyz)).route("/v1/partitions", get(partitions)).with_state(state)
+}
+
+/// Ready when PostgreSQL answers and the consumer loop is alive.
+async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
+    if !state.consumer_alive.load(Ordering::Relaxed) {
+        return Err(Problem::unavailable("the consumer loop has stopped", 5));
+    }
+    let ping = tokio::time::timeout(Duration::from_secs(1), sqlx::query("SELECT 1").execute(state.store.pool())).await;
+    match ping {
+        Ok(Ok(_)) => Ok("ready"),
+        _ => Err(Problem::unavailable("PostgreSQL is unreachable", 1)),
+    }
+}
+
+/// The partitions this instance owns and its position in each: for operators and tests.
+async fn partitions(State(state): State<AppState>) -> impl IntoResponse {
+    let owned = consumer::lock(&state.ownership).iter().map(|(p, c)| (p.to_string(), c.next_offset)).collect::<std::collections::BTreeMap<_, _>>();
+    Json(owned)
+}
+
+fn register_metrics(metrics: &Metrics, progress: &Arc<Progress>, ownership: &Ownership) {
+    let p = progress.clone();
+    metrics.gauge("projector_decisions", "Events decided since start, by outcome.", move || {
+        let o = consumer::lock(&p.outcome);
+        let mut v = vec![(vec![("outcome", "applied".to_owned())], o.applied as f64)];
+        v.push((vec![("outcome", "duplicate".to_owned())], o.duplicates as f64));
+        v.push((vec![("outcome", "dead_letter".to_owned())], o.dead_letters as f64));
+        for (reason, n) in &o.rejected {
+            v.push((vec![("outcome", format!("rejected_{reason}"))], *n as f64));
+        }
+        v
+    });
+    let own = ownership.clone();
+    metrics.gauge("projector_partition_next_offset", "Next offset to decide, per owned partition.", move || {
+        consumer::lock(&own).iter().map(|(p, c)| (vec![("partition", p.to_string())], c.next_offset as f64)).collect()
+    });
+}

@@ -1,0 +1,20 @@
+//! What every service of this system does the same way over HTTP.
+//!
+//! The three services share their error body, request ids, request logging, health endpoints,
+//! metrics text and shutdown. Keeping that here means a client sees one behaviour, whichever
+//! service answers, and a fix lands once.
+//!
+//! - [`problem`]: [`Problem`], the `application/problem+json` error body (RFC 9457).
+//! - [`http`]: [`http::with_common_layers`]: request ids, tracing, panics as 500 problems, 404/405
+//!   as problems, `/healthz` and `/metrics`.
+//! - [`metrics`]: a small Prometheus text registry for request counts.
+//! - [`telemetry`]: logging set-up, human-readable or JSON.
+//! - [`shutdown`]: the future that resolves on Ctrl-C or SIGTERM.
+
+pub mod http;
+pub mod metrics;
+pub mod problem;
+pub mod shutdown;
+pub mod telemetry;
+
+pub use problem::{FieldError, Problem};

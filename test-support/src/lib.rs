@@ -1,0 +1,306 @@
+//! Real dependencies for the integration tests: a fresh PostgreSQL database per test, a topic per
+//! test on a real Kafka-protocol broker, and for fault tests a broker or a PostgreSQL cluster of
+//! the test's own that it can stop and start.
+//!
+//! This crate earns its place by keeping the three services' test binaries on one harness: the
+//! same environment variables, the same clean-up, the same way to stop a dependency.
+//!
+//! Environment (the `dev test` script sets all of them):
+//! - `TEST_DATABASE_URL`: an admin connection to the shared server (default
+//!   `postgres://postgres@127.0.0.1:5432/postgres`); each test gets `CREATE DATABASE` of its own.
+//! - `KAFKA_BROKERS`: the shared broker (default `127.0.0.1:9092`); each test gets its own topic.
+//! - `TANSU_BIN`: the broker binary for [`OwnBroker`].
+//! - `PG_BIN_DIR`: PostgreSQL's server binaries for [`OwnPostgres`] (default: the newest under
+//!   `/usr/lib/postgresql`).
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use sqlx::{Connection, Executor, PgConnection};
+use tokio::process::{Child, Command};
+use uuid::Uuid;
+
+/// The migrations the projector applies, for tests that set up a schema without a projector.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
+
+fn env_or(name: &str, default: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| default.to_owned())
+}
+
+/// The shared broker's bootstrap address.
+pub fn kafka_brokers() -> String {
+    env_or("KAFKA_BROKERS", "127.0.0.1:9092")
+}
+
+/// A topic name no other test uses.
+pub fn unique_topic(prefix: &str) -> String {
+    format!("test-{prefix}-{}", Uuid::new_v4().simple())
+}
+
+/// A port that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free port on loopback")
+}
+
+/// A database of the test's own on the shared server, dropped by [`TestDb::drop_database`] or
+/// left for inspection when a test fails.
+#[derive(Debug)]
+pub struct TestDb {
+    pub name: String,
+    pub url: String,
+    admin_url: String,
+}
+
+impl TestDb {
+    /// Creates an empty database (no schema).
+    pub async fn create() -> TestDb {
+        let admin_url = env_or("TEST_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres");
+        Self::create_on(&admin_url).await
+    }
+
+    /// Creates an empty database on the server `admin_url` points at.
+    pub async fn create_on(admin_url: &str) -> TestDb {
+        let name = format!("test_{}", Uuid::new_v4().simple());
+        let mut admin = PgConnection::connect(admin_url).await.expect("connect to PostgreSQL");
+        admin
+            .execute(format!("CREATE DATABASE {name}").as_str())
+            .await
+            .expect("create test database");
+        let url = replace_database(admin_url, &name);
+        TestDb { name, url, admin_url: admin_url.to_owned() }
+    }
+
+    /// Creates a database with the projector's migrations applied.
+    pub async fn migrated() -> TestDb {
+        let db = Self::create().await;
+        let pool = db.pool().await;
+        MIGRATOR.run(&pool).await.expect("migrate");
+        pool.close().await;
+        db
+    }
+
+    pub async fn pool(&self) -> sqlx::PgPool {
+        sqlx::postgres::PgPoolOptions::new()
+            .max_connections(4)
+            .connect(&self.url)
+            .await
+            .expect("connect to test database")
+    }
+
+    pub async fn drop_database(self) {
+        if let Ok(mut admin) = PgConnection::connect(&self.admin_url).await {
+            let _ = admin
+                .execute(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name).as_str())
+                .await;
+        }
+    }
+}
+
+fn replace_database(url: &str, database: &str) -> String {
+    let (base, query) = url.split_once('?').map_or((url, None), |(b, q)| (b, Some(q)));
+    let base = base.rsplit_once('/').map_or(base, |(b, _)| b);
+    match query {
+        Some(q) => format!("{base}/{database}?{q}"),
+        None => format!("{base}/{database}"),
+    }
+}
+
+/// The sum of a topic's partition end offsets: how many records it holds. Tests compare it
+/// before and after a request to prove that nothing was appended.
+pub fn topic_end_offset_sum(brokers: &str, topic: &str) -> anyhow::Result<i64> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("watermarks-{}", Uuid::new_v4().simple()))
+        .create()?;
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let topic_md = metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic)
+        .context("topic not in metadata")?;
+    let mut sum = 0;
+    for p in topic_md.partitions() {
+        let (_, high) = consumer.fetch_watermarks(topic, p.id(), Duration::from_secs(10))?;
+        sum += high;
+    }
+    Ok(sum)
+}
+
+/// Waits until something accepts TCP connections on `port`. Startup of a child process has no
+/// signal to wait on but its socket.
+async fn wait_for_port(port: u16, within: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + within;
+    loop {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("nothing listens on port {port} after {within:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A Kafka-protocol broker (tansu) of the test's own, on its own port and storage, that the test
+/// can stop and start again with its data.
+#[derive(Debug)]
+pub struct OwnBroker {
+    pub port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl OwnBroker {
+    pub async fn start() -> OwnBroker {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut broker = OwnBroker { port: free_port(), dir, child: None };
+        broker.resume().await;
+        broker
+    }
+
+    pub fn brokers(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Starts the broker process again (on the same port and data) after [`OwnBroker::stop`].
+    pub async fn resume(&mut self) {
+        let bin = env_or("TANSU_BIN", "tansu");
+        let url = format!("tcp://127.0.0.1:{}", self.port);
+        let db = self.dir.path().join("tansu.db");
+        let log = std::fs::File::create(self.dir.path().join("tansu.log")).expect("log file");
+        let child = Command::new(&bin)
+            .arg("broker")
+            .arg("--storage-engine")
+            .arg(format!("sqlite://{}", db.display()))
+            .arg("--listener-url")
+            .arg(&url)
+            .arg("--advertised-listener-url")
+            .arg(&url)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("start broker {bin}: {e} (set TANSU_BIN)"));
+        self.child = Some(child);
+        wait_for_port(self.port, Duration::from_secs(30)).await.expect("broker starts");
+    }
+
+    /// Kills the broker process; its data stays.
+    pub async fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill().await;
+        }
+    }
+}
+
+/// A throwaway PostgreSQL cluster (`initdb` in a temp dir, its own port) that a fault test may
+/// stop and start without touching the machine's shared server.
+#[derive(Debug)]
+pub struct OwnPostgres {
+    pub port: u16,
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+}
+
+impl OwnPostgres {
+    pub async fn start() -> OwnPostgres {
+        let bin = std::env::var("PG_BIN_DIR").map(PathBuf::from).unwrap_or_else(|_| newest_pg_bin());
+        let dir = tempfile::tempdir().expect("temp dir");
+        let data = dir.path().join("data");
+        // initdb refuses to run as root; run it as the postgres user when we are root.
+        let as_root = std::env::var("USER").map(|u| u == "root").unwrap_or(false)
+            || std::process::Command::new("id").arg("-u").output().map(|o| o.stdout == b"0\n").unwrap_or(false);
+        if as_root {
+            std::process::Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(dir.path())
+                .status()
+                .expect("chown temp dir");
+        }
+        let initdb = run_pg(&bin.join("initdb"), as_root, &[
+            "-D",
+            &data.display().to_string(),
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "--no-sync",
+        ]);
+        assert!(initdb.success(), "initdb failed");
+        let pg = OwnPostgres { port: free_port(), dir, bin };
+        pg.resume().await;
+        pg
+    }
+
+    pub fn admin_url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    fn as_root(&self) -> bool {
+        std::process::Command::new("id").arg("-u").output().map(|o| o.stdout == b"0\n").unwrap_or(false)
+    }
+
+    pub async fn resume(&self) {
+        let data = self.dir.path().join("data").display().to_string();
+        let log = self.dir.path().join("pg.log").display().to_string();
+        let options = format!("-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off", self.port, self.dir.path().display());
+        let status = run_pg(&self.bin.join("pg_ctl"), self.as_root(), &["-D", &data, "-l", &log, "-o", &options, "-w", "start"]);
+        assert!(status.success(), "pg_ctl start failed; see {log}");
+    }
+
+    /// Stops the cluster at once (`-m immediate`): a crash, as far as clients can tell.
+    pub async fn stop(&self) {
+        let data = self.dir.path().join("data").display().to_string();
+        let _ = run_pg(&self.bin.join("pg_ctl"), self.as_root(), &["-D", &data, "-m", "immediate", "-w", "stop"]);
+    }
+}
+
+impl Drop for OwnPostgres {
+    fn drop(&mut self) {
+        let data = self.dir.path().join("data").display().to_string();
+        let _ = run_pg(&self.bin.join("pg_ctl"), self.as_root(), &["-D", &data, "-m", "immediate", "-w", "stop"]);
+    }
+}
+
+fn run_pg(program: &std::path::Path, as_root: bool, args: &[&str]) -> std::process::ExitStatus {
+    let mut command = if as_root {
+        let mut c = std::process::Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(program);
+        c
+    } else {
+        std::process::Command::new(program)
+    };
+    command
+        .args(args)
+        .stdout(Stdio::null())
+        .status()
+        .unwrap_or_else(|e| panic!("run {}: {e}", program.display()))
+}
+
+fn newest_pg_bin() -> PathBuf {
+    let mut versions: Vec<u32> = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    versions.sort_unstable();
+    let version = versions.last().copied().unwrap_or(15);
+    PathBuf::from(format!("/usr/lib/postgresql/{version}/bin"))
+}
+
+/// A plain HTTP client for the tests.
+pub fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("http client")
+}
