@@ -29,7 +29,11 @@ pub struct Config {
     pub kafka_session_timeout_ms: u32,
 
     /// PostgreSQL holding the read models.
-    #[arg(long, env = "DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5432/userdata")]
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/userdata"
+    )]
     pub database_url: String,
 
     /// Most events decided in one transaction.
@@ -52,7 +56,9 @@ pub struct Config {
 impl Config {
     pub fn instance_id(&self) -> String {
         self.instance_id.clone().unwrap_or_else(|| {
-            let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_owned()).unwrap_or_else(|_| "projector".into());
+            let host = std::fs::read_to_string("/etc/hostname")
+                .map(|h| h.trim().to_owned())
+                .unwrap_or_else(|_| "projector".into());
             format!("{host}-{}", std::process::id())
         })
     }

@@ -43,11 +43,22 @@ struct Rebalancer {
 impl ClientContext for Rebalancer {}
 
 impl ConsumerContext for Rebalancer {
-    fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
-                let partitions: Vec<i32> = tpl.elements_for_topic(&self.topic).iter().map(|e| e.partition()).collect();
-                let Some(claims) = self.claim(&partitions) else { return };
+                let partitions: Vec<i32> = tpl
+                    .elements_for_topic(&self.topic)
+                    .iter()
+                    .map(|e| e.partition())
+                    .collect();
+                let Some(claims) = self.claim(&partitions) else {
+                    return;
+                };
                 let assignment = positioned(&self.topic, &claims);
                 if let Err(e) = consumer.assign(&assignment) {
                     tracing::error!(error = %e, "cannot assign partitions");
@@ -77,7 +88,10 @@ impl Rebalancer {
     fn claim(&self, partitions: &[i32]) -> Option<BTreeMap<i32, Claim>> {
         let mut backoff = Backoff::default();
         loop {
-            match self.runtime.block_on(self.store.claim(partitions, &self.owner)) {
+            match self
+                .runtime
+                .block_on(self.store.claim(partitions, &self.owner))
+            {
                 Ok(claims) => return Some(claims),
                 Err(e) => tracing::warn!(error = %e, "cannot claim partitions; retrying"),
             }
@@ -156,8 +170,14 @@ impl Projector {
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
-            .set("session.timeout.ms", config.kafka_session_timeout_ms.to_string())
-            .set("heartbeat.interval.ms", (config.kafka_session_timeout_ms / 3).max(500).to_string())
+            .set(
+                "session.timeout.ms",
+                config.kafka_session_timeout_ms.to_string(),
+            )
+            .set(
+                "heartbeat.interval.ms",
+                (config.kafka_session_timeout_ms / 3).max(500).to_string(),
+            )
             .create_with_context(context)?;
         consumer.subscribe(&[&config.kafka_topic])?;
         let projector = Projector {
@@ -193,7 +213,9 @@ impl Projector {
         let mut batch = Vec::new();
         let mut wait = Duration::from_millis(250);
         while batch.len() < self.batch_size {
-            let Some(result) = self.consumer.poll(wait) else { break };
+            let Some(result) = self.consumer.poll(wait) else {
+                break;
+            };
             wait = Duration::ZERO;
             match result {
                 Ok(message) => batch.push(Record {
@@ -203,14 +225,22 @@ impl Projector {
                     payload: message.payload().map(<[u8]>::to_vec),
                     headers: message
                         .headers()
-                        .map(|hs| hs.iter().map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec))).collect())
+                        .map(|hs| {
+                            hs.iter()
+                                .map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec)))
+                                .collect()
+                        })
                         .unwrap_or_default(),
                 }),
                 Err(e) => tracing::warn!(error = %e, "consumer error"),
             }
         }
         let ownership = lock(&self.ownership);
-        batch.retain(|r| ownership.get(&r.partition).is_some_and(|c| r.offset >= c.next_offset));
+        batch.retain(|r| {
+            ownership
+                .get(&r.partition)
+                .is_some_and(|c| r.offset >= c.next_offset)
+        });
         batch
     }
 
@@ -218,10 +248,14 @@ impl Projector {
     /// unavailable database.
     fn commit(&self, batch: &[Record]) {
         let claims = lock(&self.ownership).clone();
-        let mut result = self.runtime.block_on(self.store.commit_batch(batch, &claims, false));
+        let mut result = self
+            .runtime
+            .block_on(self.store.commit_batch(batch, &claims, false));
         if let Err(StoreError::Statement(e)) = &result {
             tracing::warn!(error = %e, "batch failed; retrying event by event");
-            result = self.runtime.block_on(self.store.commit_batch(batch, &claims, true));
+            result = self
+                .runtime
+                .block_on(self.store.commit_batch(batch, &claims, true));
         }
         match result {
             Ok(outcome) => self.advance(&claims, outcome),
@@ -251,7 +285,11 @@ impl Projector {
         if !outcome.committed.is_empty() {
             let mut offsets = TopicPartitionList::new();
             for (partition, next_offset) in &outcome.committed {
-                let _ = offsets.add_partition_offset(&self.topic, *partition, Offset::Offset(*next_offset));
+                let _ = offsets.add_partition_offset(
+                    &self.topic,
+                    *partition,
+                    Offset::Offset(*next_offset),
+                );
             }
             // Only for tools that show group lag; our own position lives in PostgreSQL.
             if let Err(e) = self.consumer.commit(&offsets, CommitMode::Async) {
@@ -285,10 +323,17 @@ impl Projector {
             if partitions.is_empty() {
                 return;
             }
-            match self.runtime.block_on(self.store.claim(&partitions, &owner_of(&self.consumer))) {
+            match self
+                .runtime
+                .block_on(self.store.claim(&partitions, &owner_of(&self.consumer)))
+            {
                 Ok(claims) => {
                     let assignment = positioned(&self.topic, &claims);
-                    if let Err(e) = self.consumer.assign(&assignment).and_then(|()| self.consumer.resume(&assignment)) {
+                    if let Err(e) = self
+                        .consumer
+                        .assign(&assignment)
+                        .and_then(|()| self.consumer.resume(&assignment))
+                    {
                         tracing::error!(error = %e, "cannot re-assign partitions");
                         continue;
                     }

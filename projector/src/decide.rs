@@ -31,11 +31,17 @@ pub struct Aggregate {
 
 impl Aggregate {
     pub fn live(version: i64) -> Self {
-        Aggregate { version, deleted: false }
+        Aggregate {
+            version,
+            deleted: false,
+        }
     }
 
     pub fn deleted(version: i64) -> Self {
-        Aggregate { version, deleted: true }
+        Aggregate {
+            version,
+            deleted: true,
+        }
     }
 }
 
@@ -75,7 +81,10 @@ pub fn decide(given: &Given, event: &Envelope) -> Decision {
     if given.already_decided {
         return Decision::Duplicate;
     }
-    if given.key_holder.is_some_and(|holder| holder != event.command_id) {
+    if given
+        .key_holder
+        .is_some_and(|holder| holder != event.command_id)
+    {
         return Decision::Rejected(Reason::IdempotencyKeyReused);
     }
     let live_user = given.user.filter(|u| !u.deleted);
@@ -106,7 +115,9 @@ fn change(target: Option<Aggregate>, expected_version: Option<i64>) -> Decision 
         Some(a) if expected_version.is_some_and(|v| v != a.version) => {
             Decision::Rejected(Reason::VersionConflict)
         }
-        Some(a) => Decision::Applied { version: a.version + 1 },
+        Some(a) => Decision::Applied {
+            version: a.version + 1,
+        },
     }
 }
 
@@ -122,7 +133,11 @@ mod tests {
         let user = Uuid::now_v7();
         Envelope {
             event_id: Uuid::now_v7(),
-            aggregate_id: if event.aggregate_type() == events::AggregateType::User { user } else { Uuid::now_v7() },
+            aggregate_id: if event.aggregate_type() == events::AggregateType::User {
+                user
+            } else {
+                Uuid::now_v7()
+            },
             partition_key: user,
             command_id: Uuid::now_v7(),
             idempotency: None,
@@ -133,10 +148,16 @@ mod tests {
     }
 
     fn registered() -> Envelope {
-        envelope(Event::UserRegistered(UserRegistered { display_name: "Ada".into(), bio: None }))
+        envelope(Event::UserRegistered(UserRegistered {
+            display_name: "Ada".into(),
+            bio: None,
+        }))
     }
     fn profile_updated(expected: Option<i64>) -> Envelope {
-        let mut e = envelope(Event::UserProfileUpdated(UserProfileUpdated { display_name: Some("B".into()), bio: None }));
+        let mut e = envelope(Event::UserProfileUpdated(UserProfileUpdated {
+            display_name: Some("B".into()),
+            bio: None,
+        }));
         e.expected_version = expected;
         e
     }
@@ -146,10 +167,16 @@ mod tests {
         e
     }
     fn published() -> Envelope {
-        envelope(Event::PostPublished(PostPublished { title: "t".into(), body: "b".into() }))
+        envelope(Event::PostPublished(PostPublished {
+            title: "t".into(),
+            body: "b".into(),
+        }))
     }
     fn edited(expected: Option<i64>) -> Envelope {
-        let mut e = envelope(Event::PostEdited(PostEdited { title: Some("t2".into()), body: None }));
+        let mut e = envelope(Event::PostEdited(PostEdited {
+            title: Some("t2".into()),
+            body: None,
+        }));
         e.expected_version = expected;
         e
     }
@@ -160,82 +187,143 @@ mod tests {
     }
 
     fn given_user(user: Aggregate) -> Given {
-        Given { user: Some(user), ..Given::default() }
+        Given {
+            user: Some(user),
+            ..Given::default()
+        }
     }
     fn given_post(user: Aggregate, post: Aggregate) -> Given {
-        Given { user: Some(user), post: Some(post), ..Given::default() }
+        Given {
+            user: Some(user),
+            post: Some(post),
+            ..Given::default()
+        }
     }
 
     #[test]
     fn registering_a_new_user_applies_at_version_1() {
-        assert_eq!(decide(&Given::default(), &registered()), Decision::Applied { version: 1 });
+        assert_eq!(
+            decide(&Given::default(), &registered()),
+            Decision::Applied { version: 1 }
+        );
     }
 
     #[test]
     fn registering_an_existing_or_deleted_user_is_already_exists() {
         for user in [Aggregate::live(3), Aggregate::deleted(4)] {
-            assert_eq!(decide(&given_user(user), &registered()), Decision::Rejected(Reason::AlreadyExists));
+            assert_eq!(
+                decide(&given_user(user), &registered()),
+                Decision::Rejected(Reason::AlreadyExists)
+            );
         }
     }
 
     #[test]
     fn updating_or_deleting_a_live_user_bumps_its_version() {
         let given = given_user(Aggregate::live(2));
-        assert_eq!(decide(&given, &profile_updated(None)), Decision::Applied { version: 3 });
-        assert_eq!(decide(&given, &user_deleted(None)), Decision::Applied { version: 3 });
+        assert_eq!(
+            decide(&given, &profile_updated(None)),
+            Decision::Applied { version: 3 }
+        );
+        assert_eq!(
+            decide(&given, &user_deleted(None)),
+            Decision::Applied { version: 3 }
+        );
     }
 
     #[test]
     fn updating_or_deleting_an_unknown_or_deleted_user_is_not_found() {
         for given in [Given::default(), given_user(Aggregate::deleted(2))] {
-            assert_eq!(decide(&given, &profile_updated(None)), Decision::Rejected(Reason::NotFound));
-            assert_eq!(decide(&given, &user_deleted(None)), Decision::Rejected(Reason::NotFound));
+            assert_eq!(
+                decide(&given, &profile_updated(None)),
+                Decision::Rejected(Reason::NotFound)
+            );
+            assert_eq!(
+                decide(&given, &user_deleted(None)),
+                Decision::Rejected(Reason::NotFound)
+            );
         }
     }
 
     #[test]
     fn if_match_must_name_the_current_version() {
         let given = given_user(Aggregate::live(2));
-        assert_eq!(decide(&given, &profile_updated(Some(2))), Decision::Applied { version: 3 });
-        assert_eq!(decide(&given, &profile_updated(Some(1))), Decision::Rejected(Reason::VersionConflict));
-        assert_eq!(decide(&given, &user_deleted(Some(3))), Decision::Rejected(Reason::VersionConflict));
+        assert_eq!(
+            decide(&given, &profile_updated(Some(2))),
+            Decision::Applied { version: 3 }
+        );
+        assert_eq!(
+            decide(&given, &profile_updated(Some(1))),
+            Decision::Rejected(Reason::VersionConflict)
+        );
+        assert_eq!(
+            decide(&given, &user_deleted(Some(3))),
+            Decision::Rejected(Reason::VersionConflict)
+        );
         let post = given_post(Aggregate::live(1), Aggregate::live(5));
-        assert_eq!(decide(&post, &edited(Some(5))), Decision::Applied { version: 6 });
-        assert_eq!(decide(&post, &edited(Some(4))), Decision::Rejected(Reason::VersionConflict));
-        assert_eq!(decide(&post, &post_deleted(Some(6))), Decision::Rejected(Reason::VersionConflict));
+        assert_eq!(
+            decide(&post, &edited(Some(5))),
+            Decision::Applied { version: 6 }
+        );
+        assert_eq!(
+            decide(&post, &edited(Some(4))),
+            Decision::Rejected(Reason::VersionConflict)
+        );
+        assert_eq!(
+            decide(&post, &post_deleted(Some(6))),
+            Decision::Rejected(Reason::VersionConflict)
+        );
     }
 
     #[test]
     fn not_found_wins_over_a_version_conflict() {
         assert_eq!(
-            decide(&given_user(Aggregate::deleted(2)), &profile_updated(Some(1))),
+            decide(
+                &given_user(Aggregate::deleted(2)),
+                &profile_updated(Some(1))
+            ),
             Decision::Rejected(Reason::NotFound)
         );
     }
 
     #[test]
     fn publishing_under_a_live_user_applies_at_version_1() {
-        assert_eq!(decide(&given_user(Aggregate::live(1)), &published()), Decision::Applied { version: 1 });
+        assert_eq!(
+            decide(&given_user(Aggregate::live(1)), &published()),
+            Decision::Applied { version: 1 }
+        );
     }
 
     #[test]
     fn publishing_under_an_unknown_or_deleted_user_is_not_found() {
         for given in [Given::default(), given_user(Aggregate::deleted(2))] {
-            assert_eq!(decide(&given, &published()), Decision::Rejected(Reason::NotFound));
+            assert_eq!(
+                decide(&given, &published()),
+                Decision::Rejected(Reason::NotFound)
+            );
         }
     }
 
     #[test]
     fn publishing_an_existing_post_id_is_already_exists() {
         let given = given_post(Aggregate::live(1), Aggregate::deleted(2));
-        assert_eq!(decide(&given, &published()), Decision::Rejected(Reason::AlreadyExists));
+        assert_eq!(
+            decide(&given, &published()),
+            Decision::Rejected(Reason::AlreadyExists)
+        );
     }
 
     #[test]
     fn editing_or_deleting_a_live_post_bumps_its_version() {
         let given = given_post(Aggregate::live(1), Aggregate::live(1));
-        assert_eq!(decide(&given, &edited(None)), Decision::Applied { version: 2 });
-        assert_eq!(decide(&given, &post_deleted(None)), Decision::Applied { version: 2 });
+        assert_eq!(
+            decide(&given, &edited(None)),
+            Decision::Applied { version: 2 }
+        );
+        assert_eq!(
+            decide(&given, &post_deleted(None)),
+            Decision::Applied { version: 2 }
+        );
     }
 
     #[test]
@@ -243,22 +331,42 @@ mod tests {
         let missing = given_user(Aggregate::live(1));
         let deleted = given_post(Aggregate::live(1), Aggregate::deleted(2));
         for given in [missing, deleted] {
-            assert_eq!(decide(&given, &edited(None)), Decision::Rejected(Reason::NotFound));
-            assert_eq!(decide(&given, &post_deleted(None)), Decision::Rejected(Reason::NotFound));
+            assert_eq!(
+                decide(&given, &edited(None)),
+                Decision::Rejected(Reason::NotFound)
+            );
+            assert_eq!(
+                decide(&given, &post_deleted(None)),
+                Decision::Rejected(Reason::NotFound)
+            );
         }
     }
 
     #[test]
     fn a_post_of_a_deleted_user_cannot_be_changed() {
         let given = given_post(Aggregate::deleted(3), Aggregate::live(1));
-        assert_eq!(decide(&given, &edited(Some(1))), Decision::Rejected(Reason::NotFound));
-        assert_eq!(decide(&given, &post_deleted(None)), Decision::Rejected(Reason::NotFound));
+        assert_eq!(
+            decide(&given, &edited(Some(1))),
+            Decision::Rejected(Reason::NotFound)
+        );
+        assert_eq!(
+            decide(&given, &post_deleted(None)),
+            Decision::Rejected(Reason::NotFound)
+        );
     }
 
     #[test]
     fn a_command_decided_before_is_a_duplicate_whatever_the_state() {
-        let given = Given { already_decided: true, ..Given::default() };
-        for event in [registered(), profile_updated(Some(9)), published(), post_deleted(None)] {
+        let given = Given {
+            already_decided: true,
+            ..Given::default()
+        };
+        for event in [
+            registered(),
+            profile_updated(Some(9)),
+            published(),
+            post_deleted(None),
+        ] {
             assert_eq!(decide(&given, &event), Decision::Duplicate);
         }
     }
@@ -266,10 +374,22 @@ mod tests {
     #[test]
     fn an_idempotency_key_held_by_another_command_is_reused() {
         let mut event = registered();
-        event.idempotency = Some(Idempotency { scope: Uuid::nil(), key: "k".into() });
-        let other = Given { key_holder: Some(Uuid::now_v7()), ..Given::default() };
-        assert_eq!(decide(&other, &event), Decision::Rejected(Reason::IdempotencyKeyReused));
-        let same = Given { key_holder: Some(event.command_id), ..Given::default() };
+        event.idempotency = Some(Idempotency {
+            scope: Uuid::nil(),
+            key: "k".into(),
+        });
+        let other = Given {
+            key_holder: Some(Uuid::now_v7()),
+            ..Given::default()
+        };
+        assert_eq!(
+            decide(&other, &event),
+            Decision::Rejected(Reason::IdempotencyKeyReused)
+        );
+        let same = Given {
+            key_holder: Some(event.command_id),
+            ..Given::default()
+        };
         assert_eq!(decide(&same, &event), Decision::Applied { version: 1 });
     }
 }

@@ -61,19 +61,38 @@ impl Application {
     /// Applies the migrations (waiting for PostgreSQL), joins the consumer group and binds the
     /// HTTP listener.
     pub async fn build(config: Config) -> anyhow::Result<Application> {
-        let store = Store::connect_lazy(&config.database_url, &config.kafka_topic, config.db_pool_size)?;
+        let store = Store::connect_lazy(
+            &config.database_url,
+            &config.kafka_topic,
+            config.db_pool_size,
+        )?;
         migrate(&store).await?;
         let stopping = Arc::new(AtomicBool::new(false));
         let progress = Arc::new(Progress::default());
-        let (projector, ownership) =
-            Projector::new(&config, store.clone(), tokio::runtime::Handle::current(), stopping.clone(), progress.clone())?;
+        let (projector, ownership) = Projector::new(
+            &config,
+            store.clone(),
+            tokio::runtime::Handle::current(),
+            stopping.clone(),
+            progress.clone(),
+        )?;
         let consumer_alive = Arc::new(AtomicBool::new(true));
         let metrics = Metrics::default();
         register_metrics(&metrics, &progress, &ownership);
-        let state = AppState { store, consumer_alive: consumer_alive.clone(), ownership };
+        let state = AppState {
+            store,
+            consumer_alive: consumer_alive.clone(),
+            ownership,
+        };
         let router = service_kit::http::with_common_layers(router(state), metrics);
         let listener = TcpListener::bind(config.addr).await?;
-        Ok(Application { listener, router, projector, stopping, consumer_alive })
+        Ok(Application {
+            listener,
+            router,
+            projector,
+            stopping,
+            consumer_alive,
+        })
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -82,14 +101,26 @@ impl Application {
 
     /// Runs until `shutdown` resolves, then finishes the batch in flight and leaves the group.
     /// Returns an error if the consumer loop died.
-    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-        let Application { listener, router, projector, stopping, consumer_alive } = self;
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let Application {
+            listener,
+            router,
+            projector,
+            stopping,
+            consumer_alive,
+        } = self;
         let (done_tx, done_rx) = oneshot::channel();
-        std::thread::Builder::new().name("projector-consumer".into()).spawn(move || {
-            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| projector.run()));
-            consumer_alive.store(false, Ordering::Relaxed);
-            let _ = done_tx.send(result.is_ok());
-        })?;
+        std::thread::Builder::new()
+            .name("projector-consumer".into())
+            .spawn(move || {
+                let result =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| projector.run()));
+                consumer_alive.store(false, Ordering::Relaxed);
+                let _ = done_tx.send(result.is_ok());
+            })?;
         let stop = stopping.clone();
         let http = axum::serve(listener, router).with_graceful_shutdown(async move {
             shutdown.await;
@@ -99,7 +130,11 @@ impl Application {
         let clean = done_rx.await.unwrap_or(false);
         stopping.store(true, Ordering::Relaxed);
         http.abort();
-        if clean { Ok(()) } else { anyhow::bail!("the consumer loop panicked") }
+        if clean {
+            Ok(())
+        } else {
+            anyhow::bail!("the consumer loop panicked")
+        }
     }
 }
 
@@ -119,7 +154,10 @@ async fn migrate(store: &Store) -> anyhow::Result<()> {
 }
 
 fn router(state: AppState) -> Router {
-    Router::new().route("/readyz", get(readyz)).route("/v1/partitions", get(partitions)).with_state(state)
+    Router::new()
+        .route("/readyz", get(readyz))
+        .route("/v1/partitions", get(partitions))
+        .with_state(state)
 }
 
 /// Ready when PostgreSQL answers and the consumer loop is alive.
@@ -127,7 +165,11 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     if !state.consumer_alive.load(Ordering::Relaxed) {
         return Err(Problem::unavailable("the consumer loop has stopped", 5));
     }
-    let ping = tokio::time::timeout(Duration::from_secs(1), sqlx::query("SELECT 1").execute(state.store.pool())).await;
+    let ping = tokio::time::timeout(
+        Duration::from_secs(1),
+        sqlx::query("SELECT 1").execute(state.store.pool()),
+    )
+    .await;
     match ping {
         Ok(Ok(_)) => Ok("ready"),
         _ => Err(Problem::unavailable("PostgreSQL is unreachable", 1)),
@@ -136,24 +178,44 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
 
 /// The partitions this instance owns and its position in each: for operators and tests.
 async fn partitions(State(state): State<AppState>) -> impl IntoResponse {
-    let owned = consumer::lock(&state.ownership).iter().map(|(p, c)| (p.to_string(), c.next_offset)).collect::<std::collections::BTreeMap<_, _>>();
+    let owned = consumer::lock(&state.ownership)
+        .iter()
+        .map(|(p, c)| (p.to_string(), c.next_offset))
+        .collect::<std::collections::BTreeMap<_, _>>();
     Json(owned)
 }
 
 fn register_metrics(metrics: &Metrics, progress: &Arc<Progress>, ownership: &Ownership) {
     let p = progress.clone();
-    metrics.gauge("projector_decisions", "Events decided since start, by outcome.", move || {
-        let o = consumer::lock(&p.outcome);
-        let mut v = vec![(vec![("outcome", "applied".to_owned())], o.applied as f64)];
-        v.push((vec![("outcome", "duplicate".to_owned())], o.duplicates as f64));
-        v.push((vec![("outcome", "dead_letter".to_owned())], o.dead_letters as f64));
-        for (reason, n) in &o.rejected {
-            v.push((vec![("outcome", format!("rejected_{reason}"))], *n as f64));
-        }
-        v
-    });
+    metrics.gauge(
+        "projector_decisions",
+        "Events decided since start, by outcome.",
+        move || {
+            let o = consumer::lock(&p.outcome);
+            let mut v = vec![(vec![("outcome", "applied".to_owned())], o.applied as f64)];
+            v.push((
+                vec![("outcome", "duplicate".to_owned())],
+                o.duplicates as f64,
+            ));
+            v.push((
+                vec![("outcome", "dead_letter".to_owned())],
+                o.dead_letters as f64,
+            ));
+            for (reason, n) in &o.rejected {
+                v.push((vec![("outcome", format!("rejected_{reason}"))], *n as f64));
+            }
+            v
+        },
+    );
     let own = ownership.clone();
-    metrics.gauge("projector_partition_next_offset", "Next offset to decide, per owned partition.", move || {
-        consumer::lock(&own).iter().map(|(p, c)| (vec![("partition", p.to_string())], c.next_offset as f64)).collect()
-    });
+    metrics.gauge(
+        "projector_partition_next_offset",
+        "Next offset to decide, per owned partition.",
+        move || {
+            consumer::lock(&own)
+                .iter()
+                .map(|(p, c)| (vec![("partition", p.to_string())], c.next_offset as f64))
+                .collect()
+        },
+    );
 }

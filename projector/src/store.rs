@@ -64,7 +64,11 @@ pub enum StoreError {
 
 impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
-        if is_transient(&e) { StoreError::Unavailable(e) } else { StoreError::Statement(e) }
+        if is_transient(&e) {
+            StoreError::Unavailable(e)
+        } else {
+            StoreError::Statement(e)
+        }
     }
 }
 
@@ -72,9 +76,11 @@ impl From<sqlx::Error> for StoreError {
 pub fn is_transient(e: &sqlx::Error) -> bool {
     match e {
         // Connection exceptions, resource shortage, operator intervention, rollbacks.
-        sqlx::Error::Database(db) => {
-            db.code().is_some_and(|code| ["08", "53", "57", "40"].iter().any(|class| code.starts_with(class)))
-        }
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            ["08", "53", "57", "40"]
+                .iter()
+                .any(|class| code.starts_with(class))
+        }),
         sqlx::Error::Io(_)
         | sqlx::Error::Tls(_)
         | sqlx::Error::Protocol(_)
@@ -98,7 +104,10 @@ impl Store {
             .max_connections(pool_size)
             .acquire_timeout(Duration::from_secs(5))
             .connect_lazy(url)?;
-        Ok(Store { pool, topic: topic.to_owned() })
+        Ok(Store {
+            pool,
+            topic: topic.to_owned(),
+        })
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -111,7 +120,11 @@ impl Store {
 
     /// Claims partitions for `owner`: bumps each one's epoch (fencing out any previous owner) and
     /// returns where to resume reading.
-    pub async fn claim(&self, partitions: &[i32], owner: &str) -> Result<BTreeMap<i32, Claim>, StoreError> {
+    pub async fn claim(
+        &self,
+        partitions: &[i32],
+        owner: &str,
+    ) -> Result<BTreeMap<i32, Claim>, StoreError> {
         let rows = sqlx::query(
             "INSERT INTO projector_offsets (topic, partition, next_offset, epoch, owner)
              SELECT $1, p, 0, 1, $3 FROM unnest($2::int[]) AS p
@@ -126,7 +139,13 @@ impl Store {
         .await?;
         rows.iter()
             .map(|r| {
-                Ok((r.try_get("partition")?, Claim { next_offset: r.try_get("next_offset")?, epoch: r.try_get("epoch")? }))
+                Ok((
+                    r.try_get("partition")?,
+                    Claim {
+                        next_offset: r.try_get("next_offset")?,
+                        epoch: r.try_get("epoch")?,
+                    },
+                ))
             })
             .collect::<Result<_, sqlx::Error>>()
             .map_err(StoreError::from)
@@ -157,7 +176,13 @@ impl Store {
         .await?;
         let mut stored = BTreeMap::new();
         for r in rows {
-            stored.insert(r.try_get::<i32, _>("partition")?, Claim { next_offset: r.try_get("next_offset")?, epoch: r.try_get("epoch")? });
+            stored.insert(
+                r.try_get::<i32, _>("partition")?,
+                Claim {
+                    next_offset: r.try_get("next_offset")?,
+                    epoch: r.try_get("epoch")?,
+                },
+            );
         }
         for (partition, claim) in claims {
             if stored.get(partition) != Some(claim) {
@@ -166,7 +191,9 @@ impl Store {
         }
 
         for record in records {
-            let Some(claim) = claims.get(&record.partition) else { continue };
+            let Some(claim) = claims.get(&record.partition) else {
+                continue;
+            };
             if outcome.fenced.contains(&record.partition) || record.offset < claim.next_offset {
                 continue;
             }
@@ -177,7 +204,8 @@ impl Store {
                     Err(StoreError::Statement(e)) => {
                         savepoint.rollback().await?;
                         tracing::error!(partition = record.partition, offset = record.offset, error = %e, "event failed to apply; dead-lettered");
-                        self.dead_letter(&mut tx, record, &format!("apply failed: {e}")).await?;
+                        self.dead_letter(&mut tx, record, &format!("apply failed: {e}"))
+                            .await?;
                         outcome.dead_letters += 1;
                     }
                     Err(e) => return Err(e),
@@ -185,7 +213,9 @@ impl Store {
             } else {
                 self.project(&mut tx, record, &mut outcome).await?;
             }
-            outcome.committed.insert(record.partition, record.offset + 1);
+            outcome
+                .committed
+                .insert(record.partition, record.offset + 1);
         }
 
         for (partition, next_offset) in &outcome.committed {
@@ -216,7 +246,12 @@ impl Store {
     }
 
     /// Decodes, decides and applies one record.
-    async fn project(&self, conn: &mut PgConnection, record: &Record, outcome: &mut BatchOutcome) -> Result<(), StoreError> {
+    async fn project(
+        &self,
+        conn: &mut PgConnection,
+        record: &Record,
+        outcome: &mut BatchOutcome,
+    ) -> Result<(), StoreError> {
         let envelope = match record.payload.as_deref().map(Envelope::decode) {
             Some(Ok(envelope)) => envelope,
             Some(Err(e)) => {
@@ -226,7 +261,8 @@ impl Store {
                 return Ok(());
             }
             None => {
-                self.dead_letter(conn, record, "record has no value").await?;
+                self.dead_letter(conn, record, "record has no value")
+                    .await?;
                 outcome.dead_letters += 1;
                 return Ok(());
             }
@@ -250,22 +286,31 @@ impl Store {
         if let Some(idempotency) = &envelope.idempotency
             && decision != Decision::Rejected(Reason::IdempotencyKeyReused)
         {
-            sqlx::query("INSERT INTO idempotency_keys (scope, key, command_id) VALUES ($1, $2, $3)")
-                .bind(idempotency.scope)
-                .bind(&idempotency.key)
-                .bind(envelope.command_id)
-                .execute(&mut *conn)
-                .await?;
+            sqlx::query(
+                "INSERT INTO idempotency_keys (scope, key, command_id) VALUES ($1, $2, $3)",
+            )
+            .bind(idempotency.scope)
+            .bind(&idempotency.key)
+            .bind(envelope.command_id)
+            .execute(&mut *conn)
+            .await?;
         }
         Ok(())
     }
 
-    async fn dead_letter(&self, conn: &mut PgConnection, record: &Record, error: &str) -> Result<(), StoreError> {
+    async fn dead_letter(
+        &self,
+        conn: &mut PgConnection,
+        record: &Record,
+        error: &str,
+    ) -> Result<(), StoreError> {
         let headers: serde_json::Map<String, serde_json::Value> = record
             .headers
             .iter()
             .map(|(k, v)| {
-                let value = v.as_deref().map_or(serde_json::Value::Null, |b| String::from_utf8_lossy(b).into_owned().into());
+                let value = v.as_deref().map_or(serde_json::Value::Null, |b| {
+                    String::from_utf8_lossy(b).into_owned().into()
+                });
                 (k.clone(), value)
             })
             .collect();
@@ -289,7 +334,8 @@ impl Store {
 
 /// Reads what [`decide`] needs, in one round trip. All of it belongs to the event's partition.
 async fn load_given(conn: &mut PgConnection, event: &Envelope) -> Result<Given, StoreError> {
-    let post_id = (event.aggregate_type() == events::AggregateType::Post).then_some(event.aggregate_id);
+    let post_id =
+        (event.aggregate_type() == events::AggregateType::Post).then_some(event.aggregate_id);
     let row = sqlx::query(
         "SELECT
             EXISTS (SELECT 1 FROM decisions WHERE command_id = $1) AS already_decided,
@@ -307,12 +353,21 @@ async fn load_given(conn: &mut PgConnection, event: &Envelope) -> Result<Given, 
     .bind(post_id)
     .fetch_one(&mut *conn)
     .await?;
-    let aggregate = |version: Option<i64>, deleted: bool| version.map(|version| Aggregate { version, deleted });
+    let aggregate =
+        |version: Option<i64>, deleted: bool| version.map(|version| Aggregate { version, deleted });
     Ok(Given {
         already_decided: row.try_get("already_decided")?,
         key_holder: row.try_get("key_holder")?,
-        user: aggregate(row.try_get("user_version")?, row.try_get::<Option<bool>, _>("user_deleted")?.unwrap_or(false)),
-        post: aggregate(row.try_get("post_version")?, row.try_get::<Option<bool>, _>("post_deleted")?.unwrap_or(false)),
+        user: aggregate(
+            row.try_get("user_version")?,
+            row.try_get::<Option<bool>, _>("user_deleted")?
+                .unwrap_or(false),
+        ),
+        post: aggregate(
+            row.try_get("post_version")?,
+            row.try_get::<Option<bool>, _>("post_deleted")?
+                .unwrap_or(false),
+        ),
     })
 }
 
@@ -348,12 +403,14 @@ async fn apply(conn: &mut PgConnection, e: &Envelope, version: i64) -> Result<()
             .await?;
         }
         Event::UserDeleted => {
-            sqlx::query("UPDATE users SET deleted_at = $2, version = $3, updated_at = $2 WHERE id = $1")
-                .bind(e.aggregate_id)
-                .bind(at)
-                .bind(version)
-                .execute(&mut *conn)
-                .await?;
+            sqlx::query(
+                "UPDATE users SET deleted_at = $2, version = $3, updated_at = $2 WHERE id = $1",
+            )
+            .bind(e.aggregate_id)
+            .bind(at)
+            .bind(version)
+            .execute(&mut *conn)
+            .await?;
             sqlx::query("UPDATE posts SET author_deleted = true WHERE author_id = $1")
                 .bind(e.aggregate_id)
                 .execute(&mut *conn)
@@ -388,12 +445,14 @@ async fn apply(conn: &mut PgConnection, e: &Envelope, version: i64) -> Result<()
             .await?;
         }
         Event::PostDeleted => {
-            sqlx::query("UPDATE posts SET deleted_at = $2, version = $3, updated_at = $2 WHERE id = $1")
-                .bind(e.aggregate_id)
-                .bind(at)
-                .bind(version)
-                .execute(&mut *conn)
-                .await?;
+            sqlx::query(
+                "UPDATE posts SET deleted_at = $2, version = $3, updated_at = $2 WHERE id = $1",
+            )
+            .bind(e.aggregate_id)
+            .bind(at)
+            .bind(version)
+            .execute(&mut *conn)
+            .await?;
             adjust_post_count(conn, e.partition_key, -1).await?;
         }
     }
@@ -409,7 +468,12 @@ async fn adjust_post_count(conn: &mut PgConnection, user: Uuid, by: i64) -> Resu
     Ok(())
 }
 
-async fn record_decision(conn: &mut PgConnection, e: &Envelope, decision: Decision, record: &Record) -> Result<(), StoreError> {
+async fn record_decision(
+    conn: &mut PgConnection,
+    e: &Envelope,
+    decision: Decision,
+    record: &Record,
+) -> Result<(), StoreError> {
     let (status, reason, version) = match decision {
         Decision::Applied { version } => ("applied", None, Some(version)),
         Decision::Rejected(reason) => ("rejected", Some(reason.as_str()), None),

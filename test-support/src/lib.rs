@@ -62,20 +62,29 @@ pub struct TestDb {
 impl TestDb {
     /// Creates an empty database (no schema).
     pub async fn create() -> TestDb {
-        let admin_url = env_or("TEST_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres");
+        let admin_url = env_or(
+            "TEST_DATABASE_URL",
+            "postgres://postgres@127.0.0.1:5432/postgres",
+        );
         Self::create_on(&admin_url).await
     }
 
     /// Creates an empty database on the server `admin_url` points at.
     pub async fn create_on(admin_url: &str) -> TestDb {
         let name = format!("test_{}", Uuid::new_v4().simple());
-        let mut admin = PgConnection::connect(admin_url).await.expect("connect to PostgreSQL");
+        let mut admin = PgConnection::connect(admin_url)
+            .await
+            .expect("connect to PostgreSQL");
         admin
             .execute(format!("CREATE DATABASE {name}").as_str())
             .await
             .expect("create test database");
         let url = replace_database(admin_url, &name);
-        TestDb { name, url, admin_url: admin_url.to_owned() }
+        TestDb {
+            name,
+            url,
+            admin_url: admin_url.to_owned(),
+        }
     }
 
     /// Creates a database with the projector's migrations applied.
@@ -105,7 +114,9 @@ impl TestDb {
 }
 
 fn replace_database(url: &str, database: &str) -> String {
-    let (base, query) = url.split_once('?').map_or((url, None), |(b, q)| (b, Some(q)));
+    let (base, query) = url
+        .split_once('?')
+        .map_or((url, None), |(b, q)| (b, Some(q)));
     let base = base.rsplit_once('/').map_or(base, |(b, _)| b);
     match query {
         Some(q) => format!("{base}/{database}?{q}"),
@@ -118,7 +129,10 @@ fn replace_database(url: &str, database: &str) -> String {
 pub fn topic_end_offset_sum(brokers: &str, topic: &str) -> anyhow::Result<i64> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
-        .set("group.id", format!("watermarks-{}", Uuid::new_v4().simple()))
+        .set(
+            "group.id",
+            format!("watermarks-{}", Uuid::new_v4().simple()),
+        )
         .create()?;
     let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
     let topic_md = metadata
@@ -139,7 +153,10 @@ pub fn topic_end_offset_sum(brokers: &str, topic: &str) -> anyhow::Result<i64> {
 async fn wait_for_port(port: u16, within: Duration) -> anyhow::Result<()> {
     let deadline = Instant::now() + within;
     loop {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
             return Ok(());
         }
         if Instant::now() > deadline {
@@ -161,7 +178,11 @@ pub struct OwnBroker {
 impl OwnBroker {
     pub async fn start() -> OwnBroker {
         let dir = tempfile::tempdir().expect("temp dir");
-        let mut broker = OwnBroker { port: free_port(), dir, child: None };
+        let mut broker = OwnBroker {
+            port: free_port(),
+            dir,
+            child: None,
+        };
         broker.resume().await;
         broker
     }
@@ -174,12 +195,13 @@ impl OwnBroker {
     pub async fn resume(&mut self) {
         let bin = env_or("TANSU_BIN", "tansu");
         let url = format!("tcp://127.0.0.1:{}", self.port);
-        let db = self.dir.path().join("tansu.db");
         let log = std::fs::File::create(self.dir.path().join("tansu.log")).expect("log file");
         let child = Command::new(&bin)
             .arg("broker")
             .arg("--storage-engine")
-            .arg(format!("sqlite://{}", db.display()))
+            // tansu resolves sqlite:// paths against its working directory.
+            .arg("sqlite://tansu.db")
+            .current_dir(self.dir.path())
             .arg("--listener-url")
             .arg(&url)
             .arg("--advertised-listener-url")
@@ -190,7 +212,9 @@ impl OwnBroker {
             .spawn()
             .unwrap_or_else(|e| panic!("start broker {bin}: {e} (set TANSU_BIN)"));
         self.child = Some(child);
-        wait_for_port(self.port, Duration::from_secs(30)).await.expect("broker starts");
+        wait_for_port(self.port, Duration::from_secs(30))
+            .await
+            .expect("broker starts");
     }
 
     /// Kills the broker process; its data stays.
@@ -212,12 +236,18 @@ pub struct OwnPostgres {
 
 impl OwnPostgres {
     pub async fn start() -> OwnPostgres {
-        let bin = std::env::var("PG_BIN_DIR").map(PathBuf::from).unwrap_or_else(|_| newest_pg_bin());
+        let bin = std::env::var("PG_BIN_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| newest_pg_bin());
         let dir = tempfile::tempdir().expect("temp dir");
         let data = dir.path().join("data");
         // initdb refuses to run as root; run it as the postgres user when we are root.
         let as_root = std::env::var("USER").map(|u| u == "root").unwrap_or(false)
-            || std::process::Command::new("id").arg("-u").output().map(|o| o.stdout == b"0\n").unwrap_or(false);
+            || std::process::Command::new("id")
+                .arg("-u")
+                .output()
+                .map(|o| o.stdout == b"0\n")
+                .unwrap_or(false);
         if as_root {
             std::process::Command::new("chown")
                 .args(["-R", "postgres:postgres"])
@@ -225,16 +255,24 @@ impl OwnPostgres {
                 .status()
                 .expect("chown temp dir");
         }
-        let initdb = run_pg(&bin.join("initdb"), as_root, &[
-            "-D",
-            &data.display().to_string(),
-            "-U",
-            "postgres",
-            "--auth=trust",
-            "--no-sync",
-        ]);
+        let initdb = run_pg(
+            &bin.join("initdb"),
+            as_root,
+            &[
+                "-D",
+                &data.display().to_string(),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "--no-sync",
+            ],
+        );
         assert!(initdb.success(), "initdb failed");
-        let pg = OwnPostgres { port: free_port(), dir, bin };
+        let pg = OwnPostgres {
+            port: free_port(),
+            dir,
+            bin,
+        };
         pg.resume().await;
         pg
     }
@@ -244,28 +282,48 @@ impl OwnPostgres {
     }
 
     fn as_root(&self) -> bool {
-        std::process::Command::new("id").arg("-u").output().map(|o| o.stdout == b"0\n").unwrap_or(false)
+        std::process::Command::new("id")
+            .arg("-u")
+            .output()
+            .map(|o| o.stdout == b"0\n")
+            .unwrap_or(false)
     }
 
     pub async fn resume(&self) {
         let data = self.dir.path().join("data").display().to_string();
         let log = self.dir.path().join("pg.log").display().to_string();
-        let options = format!("-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off", self.port, self.dir.path().display());
-        let status = run_pg(&self.bin.join("pg_ctl"), self.as_root(), &["-D", &data, "-l", &log, "-o", &options, "-w", "start"]);
+        let options = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+            self.port,
+            self.dir.path().display()
+        );
+        let status = run_pg(
+            &self.bin.join("pg_ctl"),
+            self.as_root(),
+            &["-D", &data, "-l", &log, "-o", &options, "-w", "start"],
+        );
         assert!(status.success(), "pg_ctl start failed; see {log}");
     }
 
     /// Stops the cluster at once (`-m immediate`): a crash, as far as clients can tell.
     pub async fn stop(&self) {
         let data = self.dir.path().join("data").display().to_string();
-        let _ = run_pg(&self.bin.join("pg_ctl"), self.as_root(), &["-D", &data, "-m", "immediate", "-w", "stop"]);
+        let _ = run_pg(
+            &self.bin.join("pg_ctl"),
+            self.as_root(),
+            &["-D", &data, "-m", "immediate", "-w", "stop"],
+        );
     }
 }
 
 impl Drop for OwnPostgres {
     fn drop(&mut self) {
         let data = self.dir.path().join("data").display().to_string();
-        let _ = run_pg(&self.bin.join("pg_ctl"), self.as_root(), &["-D", &data, "-m", "immediate", "-w", "stop"]);
+        let _ = run_pg(
+            &self.bin.join("pg_ctl"),
+            self.as_root(),
+            &["-D", &data, "-m", "immediate", "-w", "stop"],
+        );
     }
 }
 

@@ -1,0 +1,228 @@
+//! Crashes and outages: whatever dies, the read model ends up exactly as the log says.
+
+use std::sync::Arc;
+
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+use test_support::{OwnPostgres, TestDb, http};
+use tokio::sync::Notify;
+
+use crate::stack::{Accepted, ChildProjector, Stack, replay_snapshot, snapshot, write_to};
+
+/// A stream of writes over a few users: posts, edits and deletes, with `If-Match` values that
+/// are sometimes stale, so that applies and rejections interleave. `halfway` is notified once
+/// half of them were accepted.
+async fn write_stream(
+    client: reqwest::Client,
+    command_url: String,
+    steps: usize,
+    halfway: Arc<Notify>,
+) -> Vec<Accepted> {
+    let mut accepted = Vec::new();
+    let mut users = Vec::new();
+    for i in 0..4 {
+        let a = write_to(
+            &client,
+            &command_url,
+            Method::POST,
+            "/v1/users",
+            Some(json!({"display_name": format!("u{i}")})),
+            &[],
+        )
+        .await;
+        users.push(a.aggregate_id.clone());
+        accepted.push(a);
+    }
+    let mut posts: Vec<Vec<String>> = vec![Vec::new(); users.len()];
+    for step in 0..steps {
+        let u = step % users.len();
+        let user = &users[u];
+        let guess = format!("\"{}\"", 1 + step % 3);
+        let a = match (step / users.len()) % 5 {
+            0 | 4 => {
+                let body = json!({"title": format!("s{step}"), "body": "x".repeat(200)});
+                let a = write_to(
+                    &client,
+                    &command_url,
+                    Method::POST,
+                    &format!("/v1/users/{user}/posts"),
+                    Some(body),
+                    &[],
+                )
+                .await;
+                posts[u].push(a.aggregate_id.clone());
+                a
+            }
+            1 => {
+                let body = json!({"bio": format!("step {step}")});
+                write_to(
+                    &client,
+                    &command_url,
+                    Method::PATCH,
+                    &format!("/v1/users/{user}"),
+                    Some(body),
+                    &[("If-Match", &guess)],
+                )
+                .await
+            }
+            2 => {
+                let post = posts[u].last().cloned().unwrap_or_default();
+                let body = json!({"title": format!("edit {step}")});
+                let path = format!("/v1/users/{user}/posts/{post}");
+                write_to(
+                    &client,
+                    &command_url,
+                    Method::PATCH,
+                    &path,
+                    Some(body),
+                    &[("If-Match", &guess)],
+                )
+                .await
+            }
+            _ => {
+                let post = posts[u].first().cloned().unwrap_or_default();
+                write_to(
+                    &client,
+                    &command_url,
+                    Method::DELETE,
+                    &format!("/v1/users/{user}/posts/{post}"),
+                    None,
+                    &[],
+                )
+                .await
+            }
+        };
+        accepted.push(a);
+        if step == steps / 2 {
+            halfway.notify_one();
+        }
+    }
+    accepted
+}
+
+/// The read model equals a fresh, uninterrupted projection of the same log, and every
+/// accepted command was decided.
+async fn assert_matches_the_log(stack: &Stack, accepted: &[Accepted]) {
+    stack.wait_caught_up().await;
+    let live = snapshot(&stack.db.url).await;
+    assert_eq!(
+        live["decisions"].len(),
+        accepted.len(),
+        "every accepted command decided exactly once"
+    );
+    let replayed = replay_snapshot(&stack.brokers, &stack.topic).await;
+    for (table, rows) in &replayed {
+        assert_eq!(
+            &live[table], rows,
+            "table {table} differs from an uninterrupted projection of the log"
+        );
+    }
+    assert!(
+        live["decisions"]
+            .iter()
+            .any(|d| d.contains("version_conflict")),
+        "the stream exercised rejections"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_projector_killed_mid_stream_resumes_without_loss_or_double_apply() {
+    let stack = Stack::start_on(test_support::kafka_brokers(), TestDb::create().await, false).await;
+    let group = format!("{}-g", stack.topic);
+    let first =
+        ChildProjector::spawn(&stack.brokers, &stack.topic, &group, &stack.db.url, "first").await;
+    let halfway = Arc::new(Notify::new());
+    let writer = tokio::spawn(write_stream(
+        http(),
+        stack.command.url.clone(),
+        200,
+        halfway.clone(),
+    ));
+    halfway.notified().await;
+    first.kill_9().await;
+    let _second = ChildProjector::spawn(
+        &stack.brokers,
+        &stack.topic,
+        &group,
+        &stack.db.url,
+        "second",
+    )
+    .await;
+    let accepted = writer.await.expect("writer");
+    assert_matches_the_log(&stack, &accepted).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_projectors_share_the_partitions_and_one_takes_over_when_the_other_is_killed() {
+    let stack = Stack::start_on(test_support::kafka_brokers(), TestDb::create().await, false).await;
+    let group = format!("{}-g", stack.topic);
+    let a = ChildProjector::spawn(&stack.brokers, &stack.topic, &group, &stack.db.url, "a").await;
+    let _b = ChildProjector::spawn(&stack.brokers, &stack.topic, &group, &stack.db.url, "b").await;
+    let halfway = Arc::new(Notify::new());
+    let writer = tokio::spawn(write_stream(
+        http(),
+        stack.command.url.clone(),
+        200,
+        halfway.clone(),
+    ));
+    halfway.notified().await;
+    a.kill_9().await;
+    let accepted = writer.await.expect("writer");
+    assert_matches_the_log(&stack, &accepted).await;
+
+    let pool = stack.db.pool().await;
+    let owners: Vec<String> = sqlx::query_scalar("SELECT DISTINCT owner FROM projector_offsets")
+        .fetch_all(&pool)
+        .await
+        .expect("owners");
+    assert_eq!(owners, ["b"], "the survivor owns every partition");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_are_accepted_while_postgres_is_down_and_projected_when_it_returns() {
+    let pg = OwnPostgres::start().await;
+    let stack = Stack::start_on(
+        test_support::kafka_brokers(),
+        TestDb::create_on(&pg.admin_url()).await,
+        true,
+    )
+    .await;
+    let user = stack.register("Hal").await;
+    assert_eq!(stack.decision(&user).await["status"], "applied");
+
+    pg.stop().await;
+    let mut during = Vec::new();
+    for i in 0..5 {
+        during.push(
+            stack
+                .publish(&user.aggregate_id, &format!("offline {i}"))
+                .await,
+        );
+    }
+    let (status, _) = stack
+        .read(&format!("/v1/users/{}", user.aggregate_id), None)
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "reads need the database"
+    );
+
+    pg.resume().await;
+    for accepted in &during {
+        assert_eq!(stack.decision(accepted).await["status"], "applied");
+    }
+    let (_, read) = stack
+        .read(
+            &format!("/v1/users/{}", user.aggregate_id),
+            Some(&during[4].token),
+        )
+        .await;
+    assert_eq!(read["post_count"], 5);
+    let mut all = vec![user];
+    all.extend(during);
+    let live = snapshot(&stack.db.url).await;
+    assert_eq!(live["decisions"].len(), all.len());
+    let replayed = replay_snapshot(&stack.brokers, &stack.topic).await;
+    assert_eq!(live, replayed);
+}

@@ -1,0 +1,349 @@
+//! Write → decide → read through the three services, rule by rule.
+
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+
+use crate::stack::{Stack, command_api, write_to};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_created_user_is_visible_to_a_read_with_its_token() {
+    let stack = Stack::start().await;
+    let created = stack
+        .write(
+            Method::POST,
+            "/v1/users",
+            Some(json!({"display_name": " Ada ", "bio": "math"})),
+            &[],
+        )
+        .await;
+    let (status, user) = stack
+        .read(
+            &format!("/v1/users/{}", created.aggregate_id),
+            Some(&created.token),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(user["id"], created.aggregate_id.as_str());
+    assert_eq!(user["display_name"], " Ada ", "stored exactly as sent");
+    assert_eq!(user["bio"], "math");
+    assert_eq!(user["post_count"], 0);
+    assert_eq!(user["version"], 1);
+    let decision = stack.decision(&created).await;
+    assert_eq!(decision["status"], "applied");
+    assert_eq!(decision["version"], 1);
+    assert_eq!(decision["aggregate_id"], created.aggregate_id.as_str());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_if_match_is_a_version_conflict_and_a_current_one_applies() {
+    let stack = Stack::start().await;
+    let user = stack.register("Ada").await;
+    let path = format!("/v1/users/{}", user.aggregate_id);
+    let renamed = stack
+        .write(
+            Method::PATCH,
+            &path,
+            Some(json!({"display_name": "Ada L."})),
+            &[("If-Match", "\"1\"")],
+        )
+        .await;
+    assert_eq!(stack.decision(&renamed).await["version"], 2);
+    let stale = stack
+        .write(
+            Method::PATCH,
+            &path,
+            Some(json!({"bio": "late"})),
+            &[("If-Match", "\"1\"")],
+        )
+        .await;
+    let decision = stack.decision(&stale).await;
+    assert_eq!(decision["status"], "rejected");
+    assert_eq!(decision["reason"], "version_conflict");
+    assert!(decision.get("version").is_none_or(|v| v.is_null()));
+    let (_, current) = stack.read(&path, Some(&stale.token)).await;
+    assert_eq!(current["display_name"], "Ada L.");
+    assert_eq!(
+        current["bio"],
+        serde_json::Value::Null,
+        "the rejected patch changed nothing"
+    );
+    assert_eq!(current["version"], 2);
+
+    // Posts follow the same rule with their own versions.
+    let post = stack.publish(&user.aggregate_id, "first").await;
+    let post_path = format!(
+        "/v1/users/{}/posts/{}",
+        user.aggregate_id, post.aggregate_id
+    );
+    let stale_edit = stack
+        .write(
+            Method::PATCH,
+            &post_path,
+            Some(json!({"title": "x"})),
+            &[("If-Match", "\"2\"")],
+        )
+        .await;
+    assert_eq!(
+        stack.decision(&stale_edit).await["reason"],
+        "version_conflict"
+    );
+    let edit = stack
+        .write(
+            Method::PATCH,
+            &post_path,
+            Some(json!({"title": "edited"})),
+            &[("If-Match", "\"1\"")],
+        )
+        .await;
+    assert_eq!(stack.decision(&edit).await["version"], 2);
+    let (_, read) = stack
+        .read(
+            &format!("/v1/posts/{}", post.aggregate_id),
+            Some(&edit.token),
+        )
+        .await;
+    assert_eq!(read["title"], "edited");
+    assert_eq!(read["body"], "body of first");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_under_an_unknown_or_deleted_user_are_not_found() {
+    let stack = Stack::start().await;
+    let unknown = uuid::Uuid::now_v7();
+    for accepted in [
+        stack
+            .write(
+                Method::PATCH,
+                &format!("/v1/users/{unknown}"),
+                Some(json!({"bio": "x"})),
+                &[],
+            )
+            .await,
+        stack
+            .write(Method::DELETE, &format!("/v1/users/{unknown}"), None, &[])
+            .await,
+        stack.publish(&unknown.to_string(), "ghost").await,
+    ] {
+        assert_eq!(
+            stack.decision(&accepted).await["reason"],
+            "not_found",
+            "{accepted:?}"
+        );
+    }
+
+    let user = stack.register("Bo").await;
+    let post = stack.publish(&user.aggregate_id, "before").await;
+    let deleted = stack
+        .write(
+            Method::DELETE,
+            &format!("/v1/users/{}", user.aggregate_id),
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(stack.decision(&deleted).await["status"], "applied");
+    let post_path = format!(
+        "/v1/users/{}/posts/{}",
+        user.aggregate_id, post.aggregate_id
+    );
+    for accepted in [
+        stack
+            .write(
+                Method::PATCH,
+                &format!("/v1/users/{}", user.aggregate_id),
+                Some(json!({"bio": "x"})),
+                &[],
+            )
+            .await,
+        stack.publish(&user.aggregate_id, "after").await,
+        stack
+            .write(Method::PATCH, &post_path, Some(json!({"title": "x"})), &[])
+            .await,
+        stack.write(Method::DELETE, &post_path, None, &[]).await,
+        stack
+            .write(
+                Method::DELETE,
+                &format!("/v1/users/{}", user.aggregate_id),
+                None,
+                &[],
+            )
+            .await,
+    ] {
+        assert_eq!(
+            stack.decision(&accepted).await["reason"],
+            "not_found",
+            "{accepted:?}"
+        );
+    }
+
+    // A post addressed under another user is not found either, and stays untouched.
+    let owner = stack.register("Cy").await;
+    let owned = stack.publish(&owner.aggregate_id, "mine").await;
+    let other = stack.register("Di").await;
+    let foreign = stack
+        .write(
+            Method::DELETE,
+            &format!(
+                "/v1/users/{}/posts/{}",
+                other.aggregate_id, owned.aggregate_id
+            ),
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(stack.decision(&foreign).await["reason"], "not_found");
+    let (status, _) = stack
+        .read(
+            &format!("/v1/posts/{}", owned.aggregate_id),
+            Some(&foreign.token),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_user_hides_its_posts_and_post_count_follows_creates_and_deletes() {
+    let stack = Stack::start().await;
+    let user = stack.register("Ed").await;
+    let uid = &user.aggregate_id;
+    let mut posts = Vec::new();
+    for i in 0..3 {
+        posts.push(stack.publish(uid, &format!("p{i}")).await);
+    }
+    let (_, read) = stack
+        .read(&format!("/v1/users/{uid}"), Some(&posts[2].token))
+        .await;
+    assert_eq!(read["post_count"], 3);
+    assert_eq!(read["version"], 1, "posts are their own aggregates");
+
+    let gone = stack
+        .write(
+            Method::DELETE,
+            &format!("/v1/users/{uid}/posts/{}", posts[0].aggregate_id),
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(stack.decision(&gone).await["version"], 2);
+    let again = stack
+        .write(
+            Method::DELETE,
+            &format!("/v1/users/{uid}/posts/{}", posts[0].aggregate_id),
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(stack.decision(&again).await["reason"], "not_found");
+    let (_, read) = stack
+        .read(&format!("/v1/users/{uid}"), Some(&again.token))
+        .await;
+    assert_eq!(
+        read["post_count"], 2,
+        "a second delete of the same post does not count twice"
+    );
+    let (status, _) = stack
+        .read(&format!("/v1/posts/{}", posts[0].aggregate_id), None)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (_, page) = stack.read(&format!("/v1/users/{uid}/posts"), None).await;
+    let titles: Vec<&str> = page["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter_map(|p| p["title"].as_str())
+        .collect();
+    assert_eq!(titles, ["p2", "p1"], "newest first, deleted post gone");
+
+    let deleted = stack
+        .write(Method::DELETE, &format!("/v1/users/{uid}"), None, &[])
+        .await;
+    assert_eq!(stack.decision(&deleted).await["status"], "applied");
+    let (status, _) = stack
+        .read(&format!("/v1/users/{uid}"), Some(&deleted.token))
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    for post in &posts[1..] {
+        let (status, _) = stack
+            .read(&format!("/v1/posts/{}", post.aggregate_id), None)
+            .await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "a deleted user's post");
+    }
+    let (status, _) = stack.read(&format!("/v1/users/{uid}/posts"), None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (_, feed) = stack.read("/v1/posts?limit=100", None).await;
+    assert_eq!(
+        feed["items"].as_array().expect("items").len(),
+        0,
+        "the feed hides them too"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_write_sent_twice_to_two_instances_has_one_effect() {
+    let stack = Stack::start().await;
+    let second = command_api(&stack.brokers, &stack.topic).await;
+    let key = [("Idempotency-Key", "signup-42")];
+    let body = json!({"display_name": "Flo"});
+    let first = stack
+        .write(Method::POST, "/v1/users", Some(body.clone()), &key)
+        .await;
+    let retry = write_to(
+        &stack.client,
+        &second.url,
+        Method::POST,
+        "/v1/users",
+        Some(body),
+        &key,
+    )
+    .await;
+    assert_eq!(first.command_id, retry.command_id);
+    assert_eq!(first.aggregate_id, retry.aggregate_id);
+
+    let uid = first.aggregate_id.clone();
+    let post_key = [("Idempotency-Key", "post-1")];
+    let post_body = json!({"title": "once", "body": "only once"});
+    let path = format!("/v1/users/{uid}/posts");
+    let post = stack
+        .write(Method::POST, &path, Some(post_body.clone()), &post_key)
+        .await;
+    let post_retry = write_to(
+        &stack.client,
+        &second.url,
+        Method::POST,
+        &path,
+        Some(post_body),
+        &post_key,
+    )
+    .await;
+    assert_eq!(post.aggregate_id, post_retry.aggregate_id);
+    assert_eq!(post.command_id, post_retry.command_id);
+
+    // The same key with another body is a different command, rejected.
+    let reused = stack
+        .write(
+            Method::POST,
+            &path,
+            Some(json!({"title": "other", "body": "b"})),
+            &post_key,
+        )
+        .await;
+    assert_eq!(reused.aggregate_id, post.aggregate_id);
+    assert_ne!(reused.command_id, post.command_id);
+    assert_eq!(
+        stack.decision(&reused).await["reason"],
+        "idempotency_key_reused"
+    );
+
+    assert_eq!(stack.decision(&first).await["status"], "applied");
+    assert_eq!(stack.decision(&post_retry).await["version"], 1);
+    let (_, user) = stack
+        .read(&format!("/v1/users/{uid}"), Some(&reused.token))
+        .await;
+    assert_eq!(user["post_count"], 1, "one post, not two");
+    let (_, page) = stack.read(&format!("/v1/users/{uid}/posts"), None).await;
+    assert_eq!(page["items"].as_array().expect("items").len(), 1);
+    let (_, read) = stack
+        .read(&format!("/v1/posts/{}", post.aggregate_id), None)
+        .await;
+    assert_eq!(read["title"], "once");
+}

@@ -1,0 +1,181 @@
+//! The batch transaction on its own, against a real PostgreSQL: the fence, and a record that
+//! decodes but cannot be applied.
+
+use std::collections::BTreeMap;
+
+use chrono::Utc;
+use events::{Envelope, Event, PostPublished, UserRegistered};
+use projector::store::{Claim, Record, Store};
+use test_support::TestDb;
+use uuid::Uuid;
+
+fn record(partition: i32, offset: i64, envelope: &Envelope) -> Record {
+    Record {
+        partition,
+        offset,
+        key: Some(envelope.partition_key.to_string().into_bytes()),
+        payload: Some(envelope.encode()),
+        headers: Vec::new(),
+    }
+}
+
+fn envelope(user: Uuid, aggregate_id: Uuid, event: Event) -> Envelope {
+    Envelope {
+        event_id: Uuid::now_v7(),
+        aggregate_id,
+        partition_key: user,
+        command_id: Uuid::now_v7(),
+        idempotency: None,
+        expected_version: None,
+        accepted_at: Utc::now(),
+        event,
+    }
+}
+
+fn registered(user: Uuid) -> Envelope {
+    envelope(
+        user,
+        user,
+        Event::UserRegistered(UserRegistered {
+            display_name: "u".into(),
+            bio: None,
+        }),
+    )
+}
+
+fn published(user: Uuid, post: Uuid) -> Envelope {
+    envelope(
+        user,
+        post,
+        Event::PostPublished(PostPublished {
+            title: "t".into(),
+            body: "b".into(),
+        }),
+    )
+}
+
+async fn store(db: &TestDb) -> Store {
+    let store = Store::connect_lazy(&db.url, "fence-topic", 2).expect("pool");
+    store.migrate().await.expect("migrate");
+    store
+}
+
+async fn count(store: &Store, sql: &str) -> i64 {
+    sqlx::query_scalar(sql)
+        .fetch_one(store.pool())
+        .await
+        .expect("count")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_that_lost_its_partition_cannot_commit_or_move_the_offset() {
+    let db = TestDb::create().await;
+    let store = store(&db).await;
+    let old = store.claim(&[0], "old").await.expect("claim")[&0];
+    let new = store.claim(&[0], "new").await.expect("claim")[&0];
+    assert_eq!(
+        new.epoch,
+        old.epoch + 1,
+        "a claim fences the previous owner"
+    );
+
+    let user = Uuid::now_v7();
+    let batch = [record(0, 0, &registered(user))];
+    let fenced = store
+        .commit_batch(&batch, &BTreeMap::from([(0, old)]), false)
+        .await
+        .expect("commit");
+    assert_eq!(fenced.fenced, [0]);
+    assert!(fenced.committed.is_empty());
+    assert_eq!(
+        count(&store, "SELECT count(*) FROM users").await,
+        0,
+        "nothing applied"
+    );
+    assert_eq!(
+        count(&store, "SELECT next_offset FROM projector_offsets").await,
+        0,
+        "offset not moved"
+    );
+
+    let done = store
+        .commit_batch(&batch, &BTreeMap::from([(0, new)]), false)
+        .await
+        .expect("commit");
+    assert_eq!(done.committed, BTreeMap::from([(0, 1)]));
+    assert_eq!(done.applied, 1);
+    assert_eq!(count(&store, "SELECT count(*) FROM users").await, 1);
+
+    // The same owner with a stale position (a batch it already committed) is fenced too.
+    let replayed = store
+        .commit_batch(&batch, &BTreeMap::from([(0, new)]), false)
+        .await
+        .expect("commit");
+    assert_eq!(replayed.fenced, [0]);
+    assert_eq!(
+        count(&store, "SELECT count(*) FROM decisions").await,
+        1,
+        "not decided twice"
+    );
+    let moved = Claim {
+        next_offset: 1,
+        ..new
+    };
+    let empty = store
+        .commit_batch(&[], &BTreeMap::from([(0, moved)]), false)
+        .await
+        .expect("commit");
+    assert!(
+        empty.fenced.is_empty(),
+        "the current owner at the current position is not fenced"
+    );
+    db.drop_database().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_that_fails_to_apply_is_dead_lettered_and_the_rest_of_the_batch_commits() {
+    let db = TestDb::create().await;
+    let store = store(&db).await;
+    let claim = store.claim(&[0], "me").await.expect("claim")[&0];
+    let (alice, bob, post) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+    // Bob's post reuses the id of Alice's: the insert breaks the primary key. Ids are chosen by
+    // the command API, so this only happens to records written by something else.
+    let batch = [
+        record(0, 0, &registered(alice)),
+        record(0, 1, &registered(bob)),
+        record(0, 2, &published(alice, post)),
+        record(0, 3, &published(bob, post)),
+        record(0, 4, &published(bob, Uuid::now_v7())),
+    ];
+    let first = store
+        .commit_batch(&batch, &BTreeMap::from([(0, claim)]), false)
+        .await;
+    assert!(first.is_err(), "the fast path fails as a whole");
+    assert_eq!(
+        count(&store, "SELECT count(*) FROM users").await,
+        0,
+        "and leaves nothing behind"
+    );
+
+    let outcome = store
+        .commit_batch(&batch, &BTreeMap::from([(0, claim)]), true)
+        .await
+        .expect("isolated commit");
+    assert_eq!(outcome.applied, 4);
+    assert_eq!(outcome.dead_letters, 1);
+    assert_eq!(outcome.committed, BTreeMap::from([(0, 5)]));
+    let error: String = sqlx::query_scalar("SELECT error FROM dead_letters WHERE kafka_offset = 3")
+        .fetch_one(store.pool())
+        .await
+        .expect("dead letter at offset 3");
+    assert!(error.starts_with("apply failed"), "{error}");
+    assert_eq!(
+        count(
+            &store,
+            &format!("SELECT post_count FROM users WHERE id = '{bob}'")
+        )
+        .await,
+        1
+    );
+    db.drop_database().await;
+}
