@@ -174,7 +174,10 @@ pub enum PayloadError {
     #[error("unknown event type {0:?}")]
     UnknownType(String),
     #[error("unknown schema version {schema_version} of {type_name:?}")]
-    UnknownVersion { type_name: String, schema_version: u16 },
+    UnknownVersion {
+        type_name: String,
+        schema_version: u16,
+    },
     #[error("invalid payload: {0}")]
     Invalid(#[from] serde_json::Error),
 }

@@ -78,9 +78,17 @@ pub enum DecodeError {
     #[error(transparent)]
     Payload(#[from] PayloadError),
     #[error("aggregate_type {found:?} does not match event type {type_name:?}")]
-    AggregateTypeMismatch { type_name: String, found: AggregateType },
-    #[error("a user event must be keyed by its own user: aggregate_id {aggregate_id} != partition_key {partition_key}")]
-    ForeignUserKey { aggregate_id: Uuid, partition_key: Uuid },
+    AggregateTypeMismatch {
+        type_name: String,
+        found: AggregateType,
+    },
+    #[error(
+        "a user event must be keyed by its own user: aggregate_id {aggregate_id} != partition_key {partition_key}"
+    )]
+    ForeignUserKey {
+        aggregate_id: Uuid,
+        partition_key: Uuid,
+    },
 }
 
 impl Envelope {
@@ -161,7 +169,10 @@ mod tests {
             aggregate_id,
             partition_key: user,
             command_id: Uuid::now_v7(),
-            idempotency: Some(Idempotency { scope: user, key: "retry-1".into() }),
+            idempotency: Some(Idempotency {
+                scope: user,
+                key: "retry-1".into(),
+            }),
             expected_version: Some(3),
             accepted_at: Utc::now(),
             event,
@@ -174,14 +185,23 @@ mod tests {
                 display_name: "Ada ".into(),
                 bio: Some("héllo\n".into()),
             }),
-            Event::UserRegistered(UserRegistered { display_name: "B".into(), bio: None }),
+            Event::UserRegistered(UserRegistered {
+                display_name: "B".into(),
+                bio: None,
+            }),
             Event::UserProfileUpdated(UserProfileUpdated {
                 display_name: None,
                 bio: Some(String::new()),
             }),
             Event::UserDeleted,
-            Event::PostPublished(PostPublished { title: "t".into(), body: "b 🦀".into() }),
-            Event::PostEdited(PostEdited { title: Some("t2".into()), body: None }),
+            Event::PostPublished(PostPublished {
+                title: "t".into(),
+                body: "b 🦀".into(),
+            }),
+            Event::PostEdited(PostEdited {
+                title: Some("t2".into()),
+                body: None,
+            }),
             Event::PostDeleted,
         ]
     }

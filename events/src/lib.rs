@@ -14,6 +14,8 @@ pub mod domain;
 pub mod envelope;
 pub mod token;
 
-pub use domain::{AggregateType, Event, PostEdited, PostPublished, UserProfileUpdated, UserRegistered};
+pub use domain::{
+    AggregateType, Event, PostEdited, PostPublished, UserProfileUpdated, UserRegistered,
+};
 pub use envelope::{DecodeError, Envelope, Idempotency, headers};
 pub use token::{ConsistencyToken, TokenError};

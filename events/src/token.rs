@@ -43,7 +43,8 @@ impl FromStr for ConsistencyToken {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let rest = s.strip_prefix("v1.").ok_or(TokenError)?;
         let (partition, offset) = rest.split_once('.').ok_or(TokenError)?;
-        let digits = |x: &str| !x.is_empty() && x.len() <= 19 && x.bytes().all(|b| b.is_ascii_digit());
+        let digits =
+            |x: &str| !x.is_empty() && x.len() <= 19 && x.bytes().all(|b| b.is_ascii_digit());
         if !digits(partition) || !digits(offset) {
             return Err(TokenError);
         }
@@ -62,7 +63,10 @@ mod tests {
 
     #[test]
     fn round_trips() {
-        let t = ConsistencyToken { partition: 7, offset: 123_456 };
+        let t = ConsistencyToken {
+            partition: 7,
+            offset: 123_456,
+        };
         assert_eq!(t.to_string(), "v1.7.123456");
         assert_eq!("v1.7.123456".parse::<ConsistencyToken>(), Ok(t));
     }
@@ -70,8 +74,20 @@ mod tests {
     #[test]
     fn rejects_what_we_never_issue() {
         for bad in [
-            "", "v1", "v1.", "v1.1", "v1.1.", "v2.1.1", "v1.-1.5", "v1.1.-5", "v1.+1.5", "v1.1.5.6",
-            "v1.1.99999999999999999999", "v1.100001.1", " v1.1.1", "v1.a.1",
+            "",
+            "v1",
+            "v1.",
+            "v1.1",
+            "v1.1.",
+            "v2.1.1",
+            "v1.-1.5",
+            "v1.1.-5",
+            "v1.+1.5",
+            "v1.1.5.6",
+            "v1.1.99999999999999999999",
+            "v1.100001.1",
+            " v1.1.1",
+            "v1.a.1",
         ] {
             assert_eq!(bad.parse::<ConsistencyToken>(), Err(TokenError), "{bad:?}");
         }
@@ -79,7 +95,10 @@ mod tests {
 
     #[test]
     fn covered_once_the_stored_offset_moves_past_it() {
-        let t = ConsistencyToken { partition: 0, offset: 10 };
+        let t = ConsistencyToken {
+            partition: 0,
+            offset: 10,
+        };
         assert!(!t.is_covered_by(10));
         assert!(t.is_covered_by(11));
     }

@@ -11,7 +11,9 @@ use axum::middleware::{self, Next};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
+use tower_http::request_id::{
+    MakeRequestUuid, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
+};
 use tower_http::trace::TraceLayer;
 
 use crate::metrics::Metrics;
@@ -47,10 +49,17 @@ pub fn with_common_layers(router: Router, metrics: Metrics) -> Router {
 }
 
 async fn render_metrics(State(metrics): State<Metrics>) -> impl IntoResponse {
-    ([("content-type", "text/plain; version=0.0.4")], metrics.render())
+    (
+        [("content-type", "text/plain; version=0.0.4")],
+        metrics.render(),
+    )
 }
 
-async fn count_requests(State(metrics): State<Metrics>, request: Request, next: Next) -> Response<Body> {
+async fn count_requests(
+    State(metrics): State<Metrics>,
+    request: Request,
+    next: Next,
+) -> Response<Body> {
     // The route template, not the path, keeps the label set bounded.
     let route = request
         .extensions()
@@ -61,7 +70,11 @@ async fn count_requests(State(metrics): State<Metrics>, request: Request, next: 
     metrics.count(
         "http_requests_total",
         "HTTP requests answered, by route, method and status.",
-        vec![("route", route), ("method", method), ("status", response.status().as_u16().to_string())],
+        vec![
+            ("route", route),
+            ("method", method),
+            ("status", response.status().as_u16().to_string()),
+        ],
         1,
     );
     response

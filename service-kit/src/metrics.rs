@@ -30,7 +30,10 @@ impl Metrics {
     /// Adds `by` to the counter `name` with these labels.
     pub fn count(&self, name: &'static str, help: &'static str, labels: Labels, by: u64) {
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let (_, series) = inner.counters.entry(name).or_insert_with(|| (help, BTreeMap::new()));
+        let (_, series) = inner
+            .counters
+            .entry(name)
+            .or_insert_with(|| (help, BTreeMap::new()));
         *series.entry(labels).or_default() += by;
     }
 
@@ -71,7 +74,14 @@ fn render_labels(labels: &Labels) -> String {
     }
     let parts: Vec<String> = labels
         .iter()
-        .map(|(k, v)| format!("{k}=\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")))
+        .map(|(k, v)| {
+            format!(
+                "{k}=\"{}\"",
+                v.replace('\\', "\\\\")
+                    .replace('"', "\\\"")
+                    .replace('\n', "\\n")
+            )
+        })
         .collect();
     format!("{{{}}}", parts.join(","))
 }
@@ -83,9 +93,21 @@ mod tests {
     #[test]
     fn renders_counters_and_gauges() {
         let m = Metrics::default();
-        m.count("requests_total", "Requests.", vec![("status", "200".into())], 2);
-        m.count("requests_total", "Requests.", vec![("status", "200".into())], 1);
-        m.gauge("lag", "Lag.", || vec![(vec![("partition", "0".into())], 5.0)]);
+        m.count(
+            "requests_total",
+            "Requests.",
+            vec![("status", "200".into())],
+            2,
+        );
+        m.count(
+            "requests_total",
+            "Requests.",
+            vec![("status", "200".into())],
+            1,
+        );
+        m.gauge("lag", "Lag.", || {
+            vec![(vec![("partition", "0".into())], 5.0)]
+        });
         let text = m.render();
         assert!(text.contains("requests_total{status=\"200\"} 3"), "{text}");
         assert!(text.contains("lag{partition=\"0\"} 5"), "{text}");

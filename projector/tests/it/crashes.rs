@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use reqwest::{Method, StatusCode};
 use serde_json::json;
-use test_support::{OwnPostgres, TestDb, http};
+use test_support::{OwnBroker, OwnPostgres, TestDb, http};
 use tokio::sync::Notify;
 
 use crate::stack::{Accepted, ChildProjector, Stack, replay_snapshot, snapshot, write_to};
@@ -225,4 +225,72 @@ async fn writes_are_accepted_while_postgres_is_down_and_projected_when_it_return
     assert_eq!(live["decisions"].len(), all.len());
     let replayed = replay_snapshot(&stack.brokers, &stack.topic).await;
     assert_eq!(live, replayed);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_the_broker_is_down_writes_fail_fast_and_reads_go_on_and_both_recover() {
+    let mut broker = OwnBroker::start().await;
+    let stack = Stack::start_on(broker.brokers(), TestDb::create().await, true).await;
+    let user = stack.register("Ida").await;
+    assert_eq!(stack.decision(&user).await["status"], "applied");
+
+    broker.stop().await;
+    let response = stack
+        .client
+        .post(format!(
+            "{}/v1/users/{}/posts",
+            stack.command.url, user.aggregate_id
+        ))
+        .json(&json!({"title": "t", "body": "b"}))
+        .send()
+        .await
+        .expect("an answer, not a hang");
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(response.headers().contains_key("retry-after"));
+    let (status, read) = stack
+        .read(
+            &format!("/v1/users/{}", user.aggregate_id),
+            Some(&user.token),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "reads do not need the broker");
+    assert_eq!(read["display_name"], "Ida");
+
+    broker.resume().await;
+    // The clients reconnect on their own, with no signal to wait on: until they have, a write
+    // may still answer 503, so poll with a bound.
+    let mut published = None;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while std::time::Instant::now() < deadline {
+        let response = stack
+            .client
+            .post(format!(
+                "{}/v1/users/{}/posts",
+                stack.command.url, user.aggregate_id
+            ))
+            .json(&json!({"title": "back", "body": "b"}))
+            .send()
+            .await
+            .expect("answer");
+        if response.status() == StatusCode::ACCEPTED {
+            published = Some(response.json::<serde_json::Value>().await.expect("json"));
+            break;
+        }
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let published = published.expect("writes work again without a restart");
+    let accepted = Accepted {
+        command_id: published["command_id"].as_str().expect("id").to_owned(),
+        aggregate_id: published["aggregate_id"].as_str().expect("id").to_owned(),
+        token: published["consistency_token"]
+            .as_str()
+            .expect("token")
+            .to_owned(),
+    };
+    assert_eq!(
+        stack.decision(&accepted).await["status"],
+        "applied",
+        "the projector resumed too"
+    );
 }

@@ -1,0 +1,592 @@
+//! The six writes as pure functions: which write it is, its JSON body checked field by field
+//! into a domain event, and the envelope that carries it. No IO, so every rule is unit-tested.
+//!
+//! Field rules (contract v1): lengths of `display_name`, `bio` and `title` count Unicode scalar
+//! values (`chars`), the post `body` counts UTF-8 bytes; strings are kept exactly as sent. A
+//! body breaks the rules with every error it has, each naming its field. Two rules concern the
+//! body as a whole rather than one field; their errors name the field `""` (the JSON Pointer of
+//! the whole document): the body is not a JSON object, or a `PATCH` sets no field at all.
+
+use chrono::{DateTime, Utc};
+use events::{
+    AggregateType, Envelope, Event, Idempotency, PostEdited, PostPublished, UserProfileUpdated,
+    UserRegistered,
+};
+use serde_json::{Map, Value};
+use service_kit::FieldError;
+use uuid::Uuid;
+
+use crate::ids::{CommandIds, Fingerprint};
+
+/// The field name of errors about the body as a whole.
+pub const WHOLE_BODY: &str = "";
+
+/// Route templates, shared by the router and the idempotency fingerprint.
+pub mod routes {
+    pub const USERS: &str = "/v1/users";
+    pub const USER: &str = "/v1/users/{user_id}";
+    pub const USER_POSTS: &str = "/v1/users/{user_id}/posts";
+    pub const USER_POST: &str = "/v1/users/{user_id}/posts/{post_id}";
+}
+
+/// One of the six writes, with the ids from its path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Write {
+    RegisterUser,
+    UpdateProfile { user_id: Uuid },
+    DeleteUser { user_id: Uuid },
+    PublishPost { user_id: Uuid },
+    EditPost { user_id: Uuid, post_id: Uuid },
+    DeletePost { user_id: Uuid, post_id: Uuid },
+}
+
+impl Write {
+    pub fn method(self) -> &'static str {
+        match self {
+            Write::RegisterUser | Write::PublishPost { .. } => "POST",
+            Write::UpdateProfile { .. } | Write::EditPost { .. } => "PATCH",
+            Write::DeleteUser { .. } | Write::DeletePost { .. } => "DELETE",
+        }
+    }
+
+    pub fn route(self) -> &'static str {
+        match self {
+            Write::RegisterUser => routes::USERS,
+            Write::UpdateProfile { .. } | Write::DeleteUser { .. } => routes::USER,
+            Write::PublishPost { .. } => routes::USER_POSTS,
+            Write::EditPost { .. } | Write::DeletePost { .. } => routes::USER_POST,
+        }
+    }
+
+    /// The ids in the path, in path order.
+    pub fn path_ids(self) -> Vec<Uuid> {
+        match self {
+            Write::RegisterUser => vec![],
+            Write::UpdateProfile { user_id }
+            | Write::DeleteUser { user_id }
+            | Write::PublishPost { user_id } => vec![user_id],
+            Write::EditPost { user_id, post_id } | Write::DeletePost { user_id, post_id } => {
+                vec![user_id, post_id]
+            }
+        }
+    }
+
+    /// The scope of an `Idempotency-Key`: the path's user, or nil for a sign-up, which has no
+    /// user yet.
+    pub fn idempotency_scope(self) -> Uuid {
+        self.path_ids().first().copied().unwrap_or_else(Uuid::nil)
+    }
+
+    /// Whether `If-Match` means anything for this write (creates have no version to match).
+    pub fn takes_if_match(self) -> bool {
+        self.method() != "POST"
+    }
+}
+
+/// The envelope for `event`, the result of `write`, with the given ids.
+pub fn envelope(
+    write: Write,
+    event: Event,
+    ids: CommandIds,
+    idempotency_key: Option<String>,
+    expected_version: Option<i64>,
+    accepted_at: DateTime<Utc>,
+) -> Envelope {
+    let (aggregate_id, partition_key) = match write {
+        Write::RegisterUser => (ids.new_aggregate_id, ids.new_aggregate_id),
+        Write::UpdateProfile { user_id } | Write::DeleteUser { user_id } => (user_id, user_id),
+        Write::PublishPost { user_id } => (ids.new_aggregate_id, user_id),
+        Write::EditPost { user_id, post_id } | Write::DeletePost { user_id, post_id } => {
+            (post_id, user_id)
+        }
+    };
+    Envelope {
+        event_id: ids.event_id,
+        aggregate_id,
+        partition_key,
+        command_id: ids.command_id,
+        idempotency: idempotency_key.map(|key| Idempotency {
+            scope: write.idempotency_scope(),
+            key,
+        }),
+        expected_version: if write.takes_if_match() {
+            expected_version
+        } else {
+            None
+        },
+        accepted_at,
+        event,
+    }
+}
+
+/// The ids for `write` carrying `event`: derived from the key when there is one, else fresh.
+pub fn command_ids(
+    write: Write,
+    event: &Event,
+    idempotency_key: Option<&str>,
+    expected_version: Option<i64>,
+) -> CommandIds {
+    let Some(key) = idempotency_key else {
+        return CommandIds::fresh();
+    };
+    let data = event.data();
+    let path_ids = write.path_ids();
+    let fingerprint = Fingerprint {
+        method: write.method(),
+        route: write.route(),
+        path_ids: &path_ids,
+        expected_version: if write.takes_if_match() {
+            expected_version
+        } else {
+            None
+        },
+        data: &data,
+    };
+    CommandIds::derive(
+        write.idempotency_scope(),
+        key,
+        event.aggregate_type(),
+        &fingerprint,
+    )
+}
+
+/// The path to read the aggregate an event belongs to.
+pub fn resource_path(aggregate_type: AggregateType, aggregate_id: Uuid) -> String {
+    match aggregate_type {
+        AggregateType::User => format!("/v1/users/{aggregate_id}"),
+        AggregateType::Post => format!("/v1/posts/{aggregate_id}"),
+    }
+}
+
+/// `POST /v1/users`: `{"display_name": 1..=100 chars, "bio"?: 0..=1000 chars}`.
+pub fn register_user(body: Value) -> Result<Event, Vec<FieldError>> {
+    let mut fields = Fields::of(body, &["display_name", "bio"])?;
+    let display_name = fields.required("display_name", DISPLAY_NAME);
+    let bio = fields.optional("bio", BIO);
+    fields.finish()?;
+    Ok(Event::UserRegistered(UserRegistered {
+        // `finish` has failed unless the required field was there.
+        display_name: display_name.unwrap_or_default(),
+        bio,
+    }))
+}
+
+/// `PATCH /v1/users/{user_id}`: `{"display_name"?, "bio"?}`, at least one.
+pub fn update_profile(body: Value) -> Result<Event, Vec<FieldError>> {
+    let mut fields = Fields::of(body, &["display_name", "bio"])?;
+    let display_name = fields.optional("display_name", DISPLAY_NAME);
+    let bio = fields.optional("bio", BIO);
+    fields.require_any()?;
+    Ok(Event::UserProfileUpdated(UserProfileUpdated {
+        display_name,
+        bio,
+    }))
+}
+
+/// `POST /v1/users/{user_id}/posts`: `{"title": 1..=200 chars, "body": 1..=16384 bytes}`.
+pub fn publish_post(body: Value) -> Result<Event, Vec<FieldError>> {
+    let mut fields = Fields::of(body, &["title", "body"])?;
+    let title = fields.required("title", TITLE);
+    let body = fields.required("body", POST_BODY);
+    fields.finish()?;
+    Ok(Event::PostPublished(PostPublished {
+        // `finish` has failed unless both required fields were there.
+        title: title.unwrap_or_default(),
+        body: body.unwrap_or_default(),
+    }))
+}
+
+/// `PATCH /v1/users/{user_id}/posts/{post_id}`: `{"title"?, "body"?}`, at least one.
+pub fn edit_post(body: Value) -> Result<Event, Vec<FieldError>> {
+    let mut fields = Fields::of(body, &["title", "body"])?;
+    let title = fields.optional("title", TITLE);
+    let body = fields.optional("body", POST_BODY);
+    fields.require_any()?;
+    Ok(Event::PostEdited(PostEdited { title, body }))
+}
+
+/// How a string field's length is measured and bounded.
+#[derive(Debug, Clone, Copy)]
+enum Length {
+    Chars { min: usize, max: usize },
+    Bytes { min: usize, max: usize },
+}
+
+const DISPLAY_NAME: Length = Length::Chars { min: 1, max: 100 };
+const BIO: Length = Length::Chars { min: 0, max: 1000 };
+const TITLE: Length = Length::Chars { min: 1, max: 200 };
+const POST_BODY: Length = Length::Bytes { min: 1, max: 16384 };
+
+impl Length {
+    fn check(self, value: &str) -> Result<(), String> {
+        let (len, min, max, unit) = match self {
+            Length::Chars { min, max } => (value.chars().count(), min, max, "characters"),
+            Length::Bytes { min, max } => (value.len(), min, max, "bytes (UTF-8)"),
+        };
+        if len < min || len > max {
+            let bounds = if min == 0 {
+                format!("at most {max} {unit}")
+            } else {
+                format!("{min} to {max} {unit}")
+            };
+            return Err(format!("must be {bounds}, got {len}"));
+        }
+        Ok(())
+    }
+}
+
+/// Reads the string fields of one JSON object, collecting every error instead of stopping at
+/// the first, so a client learns all it has to fix from one answer.
+struct Fields {
+    map: Map<String, Value>,
+    known: &'static [&'static str],
+    /// Known fields the body had, valid or not.
+    present: Vec<&'static str>,
+    errors: Vec<FieldError>,
+}
+
+impl Fields {
+    fn of(body: Value, known: &'static [&'static str]) -> Result<Fields, Vec<FieldError>> {
+        match body {
+            Value::Object(map) => Ok(Fields {
+                map,
+                known,
+                present: Vec::new(),
+                errors: Vec::new(),
+            }),
+            other => Err(vec![FieldError::new(
+                WHOLE_BODY,
+                format!("the body must be a JSON object, not {}", json_type(&other)),
+            )]),
+        }
+    }
+
+    fn required(&mut self, name: &'static str, length: Length) -> Option<String> {
+        if !self.map.contains_key(name) {
+            self.errors.push(FieldError::new(name, "is required"));
+            return None;
+        }
+        self.optional(name, length)
+    }
+
+    fn optional(&mut self, name: &'static str, length: Length) -> Option<String> {
+        let value = self.map.remove(name)?;
+        self.present.push(name);
+        let error = match value {
+            Value::String(value) => match length.check(&value) {
+                Ok(()) => return Some(value),
+                Err(message) => message,
+            },
+            other => format!("must be a string, not {}", json_type(&other)),
+        };
+        self.errors.push(FieldError::new(name, error));
+        None
+    }
+
+    /// For a `PATCH`: like [`Fields::finish`], and fails unless the body had a known field.
+    fn require_any(mut self) -> Result<(), Vec<FieldError>> {
+        if self.present.is_empty() {
+            self.errors.push(FieldError::new(
+                WHOLE_BODY,
+                format!("at least one of {} is required", self.known.join(", ")),
+            ));
+        }
+        self.finish()
+    }
+
+    /// Fails with every error found, including one per unknown field. Known fields were
+    /// removed from the map as they were read, so whatever is left is unknown.
+    fn finish(mut self) -> Result<(), Vec<FieldError>> {
+        let mut unknown: Vec<String> = self.map.into_iter().map(|(name, _)| name).collect();
+        unknown.sort();
+        for name in unknown {
+            self.errors
+                .push(FieldError::new(name, "is not a known field"));
+        }
+        if self.errors.is_empty() {
+            Ok(())
+        } else {
+            Err(self.errors)
+        }
+    }
+}
+
+fn json_type(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn fields_of(result: Result<Event, Vec<FieldError>>) -> Vec<String> {
+        result
+            .expect_err("rejected")
+            .into_iter()
+            .map(|e| e.field)
+            .collect()
+    }
+
+    #[test]
+    fn a_valid_sign_up_keeps_its_strings_exactly() {
+        let event =
+            register_user(json!({"display_name": "  Ada\u{301} ", "bio": ""})).expect("valid");
+        assert_eq!(
+            event,
+            Event::UserRegistered(UserRegistered {
+                display_name: "  Ada\u{301} ".into(),
+                bio: Some(String::new()),
+            })
+        );
+        let event = register_user(json!({"display_name": "B"})).expect("valid");
+        assert_eq!(
+            event,
+            Event::UserRegistered(UserRegistered {
+                display_name: "B".into(),
+                bio: None
+            })
+        );
+    }
+
+    #[test]
+    fn lengths_count_characters_except_the_post_body_which_counts_bytes() {
+        let name = |n| "é".repeat(n);
+        assert!(register_user(json!({"display_name": name(100)})).is_ok());
+        assert_eq!(
+            fields_of(register_user(json!({"display_name": name(101)}))),
+            ["display_name"]
+        );
+        assert_eq!(
+            fields_of(register_user(json!({"display_name": ""}))),
+            ["display_name"]
+        );
+        assert!(register_user(json!({"display_name": "x", "bio": name(1000)})).is_ok());
+        assert_eq!(
+            fields_of(register_user(
+                json!({"display_name": "x", "bio": name(1001)})
+            )),
+            ["bio"]
+        );
+
+        assert!(publish_post(json!({"title": "🦀".repeat(200), "body": "x"})).is_ok());
+        assert_eq!(
+            fields_of(publish_post(
+                json!({"title": "🦀".repeat(201), "body": "x"})
+            )),
+            ["title"]
+        );
+        // 8192 two-byte characters are 16384 bytes.
+        assert!(publish_post(json!({"title": "t", "body": name(8192)})).is_ok());
+        assert_eq!(
+            fields_of(publish_post(
+                json!({"title": "t", "body": name(8192) + "x"})
+            )),
+            ["body"]
+        );
+        assert_eq!(
+            fields_of(publish_post(json!({"title": "", "body": ""}))),
+            ["title", "body"]
+        );
+    }
+
+    #[test]
+    fn every_broken_field_is_reported_at_once() {
+        let errors =
+            register_user(json!({"display_name": 5, "bio": null, "zeta": 1, "alpha": true}))
+                .expect_err("rejected");
+        let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(fields, ["display_name", "bio", "alpha", "zeta"]);
+        assert!(errors[0].message.contains("a number"), "{errors:?}");
+        assert!(errors[1].message.contains("null"), "{errors:?}");
+        assert!(
+            errors[2].message.contains("not a known field"),
+            "{errors:?}"
+        );
+
+        assert_eq!(fields_of(publish_post(json!({}))), ["title", "body"]);
+        assert_eq!(
+            fields_of(publish_post(json!({"title": ["t"], "body": {}}))),
+            ["title", "body"]
+        );
+    }
+
+    #[test]
+    fn a_body_that_is_not_an_object_is_a_whole_body_error() {
+        for body in [json!([]), json!("x"), json!(1), json!(null), json!(true)] {
+            for validate in [register_user, update_profile, publish_post, edit_post] {
+                assert_eq!(fields_of(validate(body.clone())), [WHOLE_BODY], "{body}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_patch_must_set_at_least_one_field() {
+        assert_eq!(fields_of(update_profile(json!({}))), [WHOLE_BODY]);
+        assert_eq!(fields_of(edit_post(json!({}))), [WHOLE_BODY]);
+        assert_eq!(
+            fields_of(edit_post(json!({"tags": "x"}))),
+            [WHOLE_BODY, "tags"]
+        );
+        // A field that is there but broken is reported for itself only.
+        assert_eq!(fields_of(update_profile(json!({"bio": 3}))), ["bio"]);
+        assert_eq!(fields_of(edit_post(json!({"title": null}))), ["title"]);
+
+        assert_eq!(
+            update_profile(json!({"bio": ""})).expect("valid"),
+            Event::UserProfileUpdated(UserProfileUpdated {
+                display_name: None,
+                bio: Some(String::new())
+            })
+        );
+        assert_eq!(
+            edit_post(json!({"body": "new"})).expect("valid"),
+            Event::PostEdited(PostEdited {
+                title: None,
+                body: Some("new".into())
+            })
+        );
+    }
+
+    #[test]
+    fn envelopes_are_keyed_by_the_owning_user() {
+        let user_id = Uuid::now_v7();
+        let post_id = Uuid::now_v7();
+        let ids = CommandIds::fresh();
+        let now = Utc::now();
+
+        let sign_up = envelope(
+            Write::RegisterUser,
+            Event::UserDeleted,
+            ids,
+            Some("k".into()),
+            Some(3),
+            now,
+        );
+        assert_eq!(sign_up.aggregate_id, ids.new_aggregate_id);
+        assert_eq!(sign_up.partition_key, ids.new_aggregate_id);
+        assert_eq!(
+            sign_up.idempotency,
+            Some(Idempotency {
+                scope: Uuid::nil(),
+                key: "k".into()
+            })
+        );
+        assert_eq!(
+            sign_up.expected_version, None,
+            "a create has no version to match"
+        );
+
+        let publish = envelope(
+            Write::PublishPost { user_id },
+            Event::PostDeleted,
+            ids,
+            None,
+            None,
+            now,
+        );
+        assert_eq!(
+            (publish.aggregate_id, publish.partition_key),
+            (ids.new_aggregate_id, user_id)
+        );
+        assert_eq!(publish.idempotency, None);
+
+        let edit = envelope(
+            Write::EditPost { user_id, post_id },
+            Event::PostDeleted,
+            ids,
+            Some("k".into()),
+            Some(7),
+            now,
+        );
+        assert_eq!((edit.aggregate_id, edit.partition_key), (post_id, user_id));
+        assert_eq!(edit.expected_version, Some(7));
+        assert_eq!(
+            edit.idempotency,
+            Some(Idempotency {
+                scope: user_id,
+                key: "k".into()
+            })
+        );
+        assert_eq!(edit.command_id, ids.command_id);
+        assert_eq!(edit.event_id, ids.event_id);
+
+        let delete = envelope(
+            Write::DeleteUser { user_id },
+            Event::UserDeleted,
+            ids,
+            None,
+            None,
+            now,
+        );
+        assert_eq!(
+            (delete.aggregate_id, delete.partition_key),
+            (user_id, user_id)
+        );
+    }
+
+    #[test]
+    fn ids_are_derived_only_when_a_key_is_sent() {
+        let user_id = Uuid::now_v7();
+        let write = Write::UpdateProfile { user_id };
+        let event = update_profile(json!({"bio": "b"})).expect("valid");
+        let keyed = command_ids(write, &event, Some("k"), Some(2));
+        assert_eq!(keyed, command_ids(write, &event, Some("k"), Some(2)));
+        assert_ne!(
+            keyed.command_id,
+            command_ids(write, &event, Some("k"), Some(3)).command_id
+        );
+        assert_ne!(
+            keyed.command_id,
+            command_ids(write, &event, Some("k2"), Some(2)).command_id
+        );
+        let other_user = Write::UpdateProfile {
+            user_id: Uuid::now_v7(),
+        };
+        assert_ne!(
+            keyed.command_id,
+            command_ids(other_user, &event, Some("k"), Some(2)).command_id
+        );
+        assert_ne!(
+            command_ids(write, &event, None, None),
+            command_ids(write, &event, None, None)
+        );
+
+        // `If-Match` means nothing to a create, so it does not change a create's ids either.
+        let post = publish_post(json!({"title": "t", "body": "b"})).expect("valid");
+        let create = Write::PublishPost { user_id };
+        assert_eq!(
+            command_ids(create, &post, Some("k"), Some(1)),
+            command_ids(create, &post, Some("k"), None)
+        );
+    }
+
+    #[test]
+    fn writes_know_their_method_route_and_scope() {
+        let user_id = Uuid::now_v7();
+        let post_id = Uuid::now_v7();
+        assert_eq!(Write::RegisterUser.idempotency_scope(), Uuid::nil());
+        assert_eq!(
+            Write::EditPost { user_id, post_id }.idempotency_scope(),
+            user_id
+        );
+        assert_eq!(
+            Write::EditPost { user_id, post_id }.path_ids(),
+            [user_id, post_id]
+        );
+        assert_eq!(Write::DeletePost { user_id, post_id }.method(), "DELETE");
+        assert_eq!(Write::PublishPost { user_id }.route(), routes::USER_POSTS);
+        assert_eq!(
+            resource_path(AggregateType::Post, post_id),
+            format!("/v1/posts/{post_id}")
+        );
+    }
+}

@@ -1,0 +1,133 @@
+//! The service's settings, from flags or environment variables.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+/// The command API: validates writes, appends them to Kafka as events, answers 202.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "command-api", version, about)]
+pub struct Config {
+    /// Address to listen on for HTTP.
+    #[arg(long, env = "COMMAND_API_ADDR", default_value = "127.0.0.1:8080")]
+    pub addr: SocketAddr,
+
+    /// Kafka bootstrap servers, comma separated.
+    #[arg(long, env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+    pub kafka_brokers: String,
+
+    /// The topic every event is appended to; created at start-up if missing.
+    #[arg(long, env = "KAFKA_TOPIC", default_value = "user-data-events")]
+    pub kafka_topic: String,
+
+    /// Partitions of the topic when this service creates it. Changing it later re-maps users
+    /// to partitions, so pick it once.
+    #[arg(long, env = "KAFKA_PARTITIONS", default_value_t = 12,
+          value_parser = clap::value_parser!(i32).range(1..))]
+    pub kafka_partitions: i32,
+
+    /// Replication factor of the topic when this service creates it.
+    #[arg(long, env = "KAFKA_REPLICATION_FACTOR", default_value_t = 1,
+          value_parser = clap::value_parser!(i32).range(1..))]
+    pub kafka_replication_factor: i32,
+
+    /// How long a write may wait for the broker's acknowledgement before it answers 503.
+    /// A fresh producer needs about a second to get its producer id, so values under 2000
+    /// make the first writes after a start or an outage likely to fail.
+    #[arg(long, env = "APPEND_TIMEOUT_MS", default_value_t = 5000,
+          value_parser = clap::value_parser!(u64).range(100..))]
+    pub append_timeout_ms: u64,
+
+    /// How long start-up keeps trying to reach the broker (to create the topic) before it
+    /// gives up.
+    #[arg(long, env = "KAFKA_STARTUP_TIMEOUT_MS", default_value_t = 30_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub kafka_startup_timeout_ms: u64,
+
+    /// Log line format.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+impl Config {
+    /// Settings for tests: an ephemeral port on loopback, the given broker and topic, a small
+    /// topic, and the production timeouts (tests that need others set the fields).
+    pub fn for_tests(kafka_brokers: impl Into<String>, kafka_topic: impl Into<String>) -> Config {
+        Config {
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            kafka_brokers: kafka_brokers.into(),
+            kafka_topic: kafka_topic.into(),
+            kafka_partitions: 4,
+            kafka_replication_factor: 1,
+            append_timeout_ms: 5000,
+            kafka_startup_timeout_ms: 30_000,
+            log_format: LogFormat::Text,
+        }
+    }
+
+    pub fn append_timeout(&self) -> Duration {
+        Duration::from_millis(self.append_timeout_ms)
+    }
+
+    pub fn kafka_startup_timeout(&self) -> Duration {
+        Duration::from_millis(self.kafka_startup_timeout_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_contract() {
+        let config = Config::try_parse_from(["command-api"]).expect("defaults parse");
+        // The environment of whoever runs the tests may set these; only check what it cannot.
+        if std::env::var_os("COMMAND_API_ADDR").is_none() {
+            assert_eq!(config.addr, SocketAddr::from(([127, 0, 0, 1], 8080)));
+        }
+        if std::env::var_os("KAFKA_TOPIC").is_none() {
+            assert_eq!(config.kafka_topic, "user-data-events");
+        }
+    }
+
+    #[test]
+    fn flags_override_defaults_and_bad_values_are_refused() {
+        let config = Config::try_parse_from([
+            "command-api",
+            "--addr",
+            "0.0.0.0:9000",
+            "--kafka-partitions",
+            "3",
+            "--append-timeout-ms",
+            "250",
+            "--log-format",
+            "json",
+        ])
+        .expect("flags parse");
+        assert_eq!(config.addr.port(), 9000);
+        assert_eq!(config.kafka_partitions, 3);
+        assert_eq!(config.append_timeout(), Duration::from_millis(250));
+        assert_eq!(config.log_format, LogFormat::Json);
+
+        for bad in [
+            ["--kafka-partitions", "0"],
+            ["--append-timeout-ms", "99"],
+            ["--log-format", "xml"],
+        ] {
+            assert!(
+                Config::try_parse_from(["command-api", bad[0], bad[1]]).is_err(),
+                "{bad:?}"
+            );
+        }
+    }
+}

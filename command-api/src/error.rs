@@ -1,0 +1,155 @@
+//! Every way a request can fail, and the problem+json answer for each.
+//!
+//! Client mistakes are 4xx with a detail that helps fix the request. A broker that is down or
+//! slow is a 503 with `Retry-After`; its cause is logged, not sent. Nothing a client sends can
+//! make a 500.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use service_kit::{FieldError, Problem};
+
+use crate::appender::{AppendError, NotReady, READINESS_TIMEOUT};
+
+/// How long a client should wait before retrying a write the broker did not take.
+const APPEND_RETRY_AFTER_SECS: u64 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("the request body is not valid JSON: {0}")]
+    MalformedJson(String),
+    #[error("the request body could not be read: {0}")]
+    UnreadableBody(String),
+    #[error("the request body is larger than {limit} bytes")]
+    BodyTooLarge { limit: usize },
+    #[error("the request body must be JSON (Content-Type: application/json), not {found}")]
+    UnsupportedMediaType { found: String },
+    #[error("invalid fields")]
+    Validation(Vec<FieldError>),
+    #[error("path segment {name} must be a UUID (8-4-4-4-12 hex digits), got {value:?}")]
+    InvalidPathId { name: &'static str, value: String },
+    #[error("the path is malformed: {0}")]
+    InvalidPath(String),
+    #[error(r#"If-Match must be one quoted positive version, like "3", or *"#)]
+    MalformedIfMatch,
+    #[error("Idempotency-Key must be one value of 1 to 200 printable ASCII characters")]
+    MalformedIdempotencyKey,
+    #[error("append failed: {0}")]
+    Append(#[from] AppendError),
+    #[error("not ready: {0}")]
+    NotReady(#[from] NotReady),
+    /// A bug of ours, such as a route without the parameter its handler reads.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn status_code(&self) -> StatusCode {
+        match self {
+            ApiError::MalformedJson(_)
+            | ApiError::UnreadableBody(_)
+            | ApiError::InvalidPathId { .. }
+            | ApiError::InvalidPath(_)
+            | ApiError::MalformedIfMatch
+            | ApiError::MalformedIdempotencyKey => StatusCode::BAD_REQUEST,
+            ApiError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Append(_) | ApiError::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn to_problem(&self) -> Problem {
+        let status = self.status_code();
+        let client_error = |kind, title| Problem::new(status, kind, title, self.to_string());
+        match self {
+            ApiError::MalformedJson(_) => client_error("malformed-json", "Malformed JSON"),
+            ApiError::UnreadableBody(_) => client_error("unreadable-body", "Unreadable body"),
+            ApiError::BodyTooLarge { .. } => client_error("payload-too-large", "Payload too large"),
+            ApiError::UnsupportedMediaType { .. } => {
+                client_error("unsupported-media-type", "Unsupported media type")
+            }
+            ApiError::Validation(errors) => Problem::validation(errors.clone()),
+            ApiError::InvalidPathId { .. } | ApiError::InvalidPath(_) => {
+                client_error("invalid-path", "Invalid path")
+            }
+            ApiError::MalformedIfMatch => client_error("malformed-if-match", "Malformed If-Match"),
+            ApiError::MalformedIdempotencyKey => {
+                client_error("malformed-idempotency-key", "Malformed Idempotency-Key")
+            }
+            ApiError::Append(AppendError::QueueFull) => Problem::unavailable(
+                "the write was not appended: too many writes are waiting for the broker; retry \
+                 later (with the same Idempotency-Key, if you sent one)",
+                APPEND_RETRY_AFTER_SECS,
+            ),
+            ApiError::Append(_) => Problem::unavailable(
+                "the event log did not acknowledge the write, which may or may not have been \
+                 recorded; retry with the same Idempotency-Key, which is always safe",
+                APPEND_RETRY_AFTER_SECS,
+            ),
+            ApiError::NotReady(_) => Problem::unavailable(
+                "the event log is unreachable",
+                service_kit::http::retry_after_secs(READINESS_TIMEOUT),
+            ),
+            ApiError::Internal(_) => Problem::internal(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        match &self {
+            ApiError::Internal(_) => tracing::error!(error = %self, "request failed"),
+            ApiError::Append(_) | ApiError::NotReady(_) => {
+                tracing::warn!(error = %self, "dependency unavailable")
+            }
+            _ => tracing::debug!(error = %self, "request rejected"),
+        }
+        self.to_problem().into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn causes_of_unavailability_are_not_leaked() {
+        let error = ApiError::Append(AppendError::NotAcknowledged(
+            rdkafka::error::KafkaError::Canceled,
+        ));
+        let problem = error.to_problem();
+        assert_eq!(problem.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(problem.retry_after.is_some_and(|s| s >= 1));
+        assert!(
+            problem.detail.contains("Idempotency-Key"),
+            "{}",
+            problem.detail
+        );
+        assert!(!problem.detail.contains("Canceled"), "{}", problem.detail);
+    }
+
+    #[test]
+    fn client_mistakes_are_never_server_errors() {
+        let mistakes = [
+            ApiError::MalformedJson("x".into()),
+            ApiError::UnreadableBody("x".into()),
+            ApiError::BodyTooLarge { limit: 1 },
+            ApiError::UnsupportedMediaType {
+                found: "text/plain".into(),
+            },
+            ApiError::Validation(vec![FieldError::new("a", "b")]),
+            ApiError::InvalidPathId {
+                name: "user_id",
+                value: "x".into(),
+            },
+            ApiError::InvalidPath("x".into()),
+            ApiError::MalformedIfMatch,
+            ApiError::MalformedIdempotencyKey,
+        ];
+        for mistake in mistakes {
+            assert!(mistake.status_code().is_client_error(), "{mistake:?}");
+            assert_eq!(mistake.to_problem().status, mistake.status_code());
+        }
+    }
+}

@@ -1,0 +1,13 @@
+//! The command API binary: settings from flags and environment, then the service until Ctrl-C
+//! or SIGTERM.
+
+use clap::Parser;
+use command_api::{Application, Config, LogFormat};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let config = Config::parse();
+    service_kit::telemetry::init(config.log_format == LogFormat::Json);
+    let application = Application::build(config).await?;
+    application.run(service_kit::shutdown::signal()).await
+}

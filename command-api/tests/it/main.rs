@@ -1,0 +1,9 @@
+//! Integration tests of the command API: the real service over HTTP, a real broker.
+
+mod accepted;
+mod boundaries;
+mod broker_down;
+mod helpers;
+mod idempotency;
+mod rejected;
+mod startup;

@@ -1,0 +1,84 @@
+//! Start-up settings, from flags or environment variables.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+/// Serves contract v1's reads from the PostgreSQL read models that the projector maintains.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "query-api", version, about)]
+pub struct Config {
+    /// Address the HTTP server listens on (port 0 picks a free port).
+    #[arg(long, env = "QUERY_API_ADDR", default_value = "127.0.0.1:8081")]
+    pub addr: SocketAddr,
+
+    /// PostgreSQL database holding the read models (the projector creates the schema).
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/userdata"
+    )]
+    pub database_url: String,
+
+    /// Kafka topic the read models are projected from; selects this topic's rows in
+    /// projector_offsets when checking consistency tokens.
+    #[arg(long, env = "KAFKA_TOPIC", default_value = "user-data-events")]
+    pub kafka_topic: String,
+
+    /// Longest time a read carrying a Consistency-Token waits for the read model to catch up
+    /// before answering 503.
+    #[arg(long, env = "CONSISTENCY_WAIT_MS", default_value_t = 5000)]
+    pub consistency_wait_ms: u64,
+
+    /// Most PostgreSQL connections the service holds at once.
+    #[arg(long, env = "DB_POOL_SIZE", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..))]
+    pub db_pool_size: u32,
+
+    /// Longest time a request waits for a PostgreSQL connection before answering 503.
+    #[arg(long, env = "DB_ACQUIRE_TIMEOUT_MS", default_value_t = 2000)]
+    pub db_acquire_timeout_ms: u64,
+
+    /// Log line format.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+impl Config {
+    pub fn consistency_wait(&self) -> Duration {
+        Duration::from_millis(self.consistency_wait_ms)
+    }
+
+    pub fn db_acquire_timeout(&self) -> Duration {
+        Duration::from_millis(self.db_acquire_timeout_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_contract() {
+        let config = Config::try_parse_from(["query-api"]).expect("defaults parse");
+        assert_eq!(config.addr.to_string(), "127.0.0.1:8081");
+        assert_eq!(config.kafka_topic, "user-data-events");
+        assert_eq!(config.consistency_wait(), Duration::from_secs(5));
+        assert_eq!(config.db_pool_size, 16);
+        assert_eq!(config.log_format, LogFormat::Text);
+    }
+
+    #[test]
+    fn rejects_an_empty_pool() {
+        assert!(Config::try_parse_from(["query-api", "--db-pool-size", "0"]).is_err());
+    }
+}

@@ -1,0 +1,247 @@
+//! Read-your-writes: holding a read back until the read model covers a consistency token.
+//!
+//! The projector advances `projector_offsets` in the same transaction as the read models and, in
+//! that transaction, runs `pg_notify('projector_progress', {"topic", "offsets": [[partition,
+//! next_offset], ...]})`. [`Watermarks`] keeps the latest next offset per partition of our topic
+//! in a `watch` channel, fed by a background task (the [`Follower`]) that LISTENs on that
+//! channel. A waiting request is woken by the notification, not by polling the table.
+//!
+//! Notifications are lost while the listening connection is down, so the follower reloads the
+//! whole table after every (re)connect, on the listening connection and after its LISTEN: any
+//! progress committed after the load is then notified. As a last resort for whatever may still
+//! slip through, a request checks the table once more at its deadline before giving up with 503.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use events::ConsistencyToken;
+use serde::Deserialize;
+use service_kit::metrics::Metrics;
+use sqlx::PgPool;
+use sqlx::postgres::PgListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::error::ApiError;
+use crate::read_models::ReadModels;
+
+/// The channel the projector notifies on after each committed batch.
+pub const PROGRESS_CHANNEL: &str = "projector_progress";
+
+const FIRST_RETRY_DELAY: Duration = Duration::from_millis(100);
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(5);
+
+/// Next offset to apply, per partition of our topic.
+type Offsets = BTreeMap<i32, i64>;
+
+/// The payload of a `projector_progress` notification.
+#[derive(Debug, Deserialize)]
+struct Progress {
+    topic: String,
+    offsets: Vec<(i32, i64)>,
+}
+
+/// How far the read model has got, per partition, and the wait on it. Cheap to clone.
+#[derive(Clone)]
+pub struct Watermarks {
+    latest: watch::Receiver<Offsets>,
+    topic: Arc<str>,
+    max_wait: Duration,
+    waiting: Arc<AtomicU64>,
+    metrics: Metrics,
+}
+
+/// The background task that keeps [`Watermarks`] current; stops when dropped.
+#[derive(Debug)]
+pub struct Follower(JoinHandle<()>);
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl Watermarks {
+    /// Starts following the projector's progress on `topic`. `listen_pool` should hold a single
+    /// connection: it becomes the listening connection, re-established from the pool when lost.
+    pub fn start(
+        listen_pool: PgPool,
+        topic: String,
+        max_wait: Duration,
+        metrics: &Metrics,
+    ) -> (Watermarks, Follower) {
+        let topic: Arc<str> = topic.into();
+        let (publish, latest) = watch::channel(Offsets::new());
+        let waiting = Arc::new(AtomicU64::new(0));
+        register_gauges(metrics, latest.clone(), waiting.clone());
+        let follower = Follower(tokio::spawn(follow(listen_pool, topic.clone(), publish)));
+        let watermarks = Watermarks {
+            latest,
+            topic,
+            max_wait,
+            waiting,
+            metrics: metrics.clone(),
+        };
+        (watermarks, follower)
+    }
+
+    /// Returns once the read model includes the write `token` names, or fails with
+    /// [`ApiError::ConsistencyTimeout`] after the configured wait.
+    pub async fn wait_until_covered(
+        &self,
+        token: ConsistencyToken,
+        read_models: &ReadModels,
+    ) -> Result<(), ApiError> {
+        let covers = move |offsets: &Offsets| {
+            offsets
+                .get(&token.partition)
+                .is_some_and(|next| token.is_covered_by(*next))
+        };
+        let mut latest = self.latest.clone();
+        if covers(&latest.borrow_and_update()) {
+            self.count("immediate");
+            return Ok(());
+        }
+        let _waiting = WaitingGuard::enter(&self.waiting);
+        let woken = tokio::time::timeout(self.max_wait, latest.wait_for(covers))
+            .await
+            .map(|changed| changed.map(drop));
+        match woken {
+            Ok(Ok(())) => {
+                self.count("woken");
+                return Ok(());
+            }
+            Ok(Err(_)) => {
+                tracing::error!("the watermark follower has stopped; checking the table directly")
+            }
+            Err(_elapsed) => {}
+        }
+        match read_models
+            .next_offset(&self.topic, token.partition)
+            .await?
+        {
+            Some(next) if token.is_covered_by(next) => {
+                self.count("table");
+                Ok(())
+            }
+            _ => {
+                self.count("timeout");
+                Err(ApiError::ConsistencyTimeout)
+            }
+        }
+    }
+
+    fn count(&self, outcome: &'static str) {
+        self.metrics.count(
+            "query_api_consistency_waits_total",
+            "Reads that carried a Consistency-Token, by how they were released: immediate (already covered), \
+             woken (by the projector's notification), table (found covered at the deadline), timeout (503).",
+            vec![("outcome", outcome.to_owned())],
+            1,
+        );
+    }
+}
+
+/// Counts a request as waiting for as long as it is held, also when the client goes away.
+struct WaitingGuard<'a>(&'a AtomicU64);
+
+impl<'a> WaitingGuard<'a> {
+    fn enter(waiting: &'a AtomicU64) -> Self {
+        waiting.fetch_add(1, Ordering::Relaxed);
+        WaitingGuard(waiting)
+    }
+}
+
+impl Drop for WaitingGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+fn register_gauges(metrics: &Metrics, latest: watch::Receiver<Offsets>, waiting: Arc<AtomicU64>) {
+    metrics.gauge(
+        "query_api_projector_next_offset",
+        "The projector's next offset to apply, per partition, as this instance last heard.",
+        move || {
+            latest
+                .borrow()
+                .iter()
+                .map(|(partition, next)| (vec![("partition", partition.to_string())], *next as f64))
+                .collect()
+        },
+    );
+    metrics.gauge(
+        "query_api_consistency_waits_in_flight",
+        "Reads currently waiting for the read model to reach their Consistency-Token.",
+        move || vec![(Vec::new(), waiting.load(Ordering::Relaxed) as f64)],
+    );
+}
+
+/// Runs until aborted: connect and LISTEN, load the table, apply notifications until the
+/// connection is lost, and again; with a growing delay while PostgreSQL is unreachable.
+async fn follow(listen_pool: PgPool, topic: Arc<str>, publish: watch::Sender<Offsets>) {
+    let mut retry_delay = FIRST_RETRY_DELAY;
+    loop {
+        match listen_and_load(&listen_pool, &topic).await {
+            Ok((mut listener, offsets)) => {
+                publish.send_replace(offsets);
+                retry_delay = FIRST_RETRY_DELAY;
+                tracing::info!(topic = %topic, "following projector progress");
+                let why = apply_notifications(&mut listener, &topic, &publish).await;
+                tracing::warn!(reason = %why, "stopped following projector progress; reconnecting");
+            }
+            Err(error) => tracing::warn!(%error, "cannot follow projector progress; retrying"),
+        }
+        tokio::time::sleep(retry_delay).await;
+        retry_delay = (retry_delay * 2).min(MAX_RETRY_DELAY);
+    }
+}
+
+async fn listen_and_load(
+    listen_pool: &PgPool,
+    topic: &str,
+) -> Result<(PgListener, Offsets), sqlx::Error> {
+    let mut listener = PgListener::connect_with(listen_pool).await?;
+    listener.listen(PROGRESS_CHANNEL).await?;
+    // On the listening connection, after LISTEN: progress committed from here on is notified.
+    let rows: Vec<(i32, i64)> =
+        sqlx::query_as("SELECT partition, next_offset FROM projector_offsets WHERE topic = $1")
+            .bind(topic)
+            .fetch_all(&mut listener)
+            .await?;
+    Ok((listener, rows.into_iter().collect()))
+}
+
+/// Applies notifications until one cannot be trusted or the connection is lost; says why.
+async fn apply_notifications(
+    listener: &mut PgListener,
+    topic: &str,
+    publish: &watch::Sender<Offsets>,
+) -> String {
+    loop {
+        let notification = match listener.try_recv().await {
+            Ok(Some(notification)) => notification,
+            // Notifications sent while disconnected are gone: only a reload can make up for them.
+            Ok(None) => return "connection lost".to_owned(),
+            Err(error) => return error.to_string(),
+        };
+        let progress: Progress = match serde_json::from_str(notification.payload()) {
+            Ok(progress) => progress,
+            Err(error) => return format!("unreadable notification: {error}"),
+        };
+        if progress.topic != topic {
+            continue;
+        }
+        // Latest wins rather than highest: notifications arrive in commit order, and a projector
+        // that starts over from a lower offset must hold reads back, not release them early.
+        publish.send_if_modified(|offsets| {
+            let mut changed = false;
+            for (partition, next_offset) in &progress.offsets {
+                changed |= offsets.insert(*partition, *next_offset) != Some(*next_offset);
+            }
+            changed
+        });
+    }
+}

@@ -1,0 +1,140 @@
+//! The query API: contract v1's reads, served from the PostgreSQL read models the projector
+//! maintains.
+//!
+//! It never writes to the read models and never migrates them (the projector owns the schema).
+//! Its pool connects lazily, so it starts, and answers 503, while PostgreSQL is down. A read that
+//! carries a `Consistency-Token` is held back until the projector's stored offset covers it.
+//!
+//! - [`config`]: [`Config`], flags and environment variables.
+//! - [`routes`]: the handlers, one per route, and `/readyz`.
+//! - [`extract`]: path id, page and consistency-token extractors with problem+json rejections.
+//! - [`pagination`]: `limit` and the opaque keyset cursor; the page body.
+//! - [`etag`]: `ETag` and `If-None-Match` on single-resource reads.
+//! - [`read_models`]: the SQL.
+//! - [`consistency`]: [`consistency::Watermarks`], the projector's progress as LISTENed for, and
+//!   the token wait on it.
+//! - [`error`]: [`error::ApiError`] and its problem+json answers.
+
+pub mod config;
+pub mod consistency;
+pub mod error;
+pub mod etag;
+pub mod extract;
+pub mod pagination;
+pub mod read_models;
+pub mod routes;
+
+use std::future::Future;
+
+use anyhow::Context as _;
+use axum::Router;
+use events::ConsistencyToken;
+use service_kit::metrics::Metrics;
+use sqlx::postgres::PgPoolOptions;
+use tokio::net::TcpListener;
+
+pub use crate::config::{Config, LogFormat};
+use crate::consistency::{Follower, Watermarks};
+use crate::error::ApiError;
+use crate::read_models::ReadModels;
+
+/// What every handler shares. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub read_models: ReadModels,
+    pub watermarks: Watermarks,
+    pub metrics: Metrics,
+}
+
+impl AppState {
+    /// Waits, if the client sent a token, until the read model includes that write.
+    pub async fn read_after(&self, token: Option<ConsistencyToken>) -> Result<(), ApiError> {
+        match token {
+            Some(token) => {
+                self.watermarks
+                    .wait_until_covered(token, &self.read_models)
+                    .await
+            }
+            None => Ok(()),
+        }
+    }
+}
+
+/// The complete service: the v1 read routes, `/readyz`, and the common layers and endpoints.
+pub fn router(state: AppState) -> Router {
+    let metrics = state.metrics.clone();
+    service_kit::http::with_common_layers(routes::routes().with_state(state), metrics)
+}
+
+/// A built service, bound to its port, ready to [`run`](Application::run).
+pub struct Application {
+    listener: TcpListener,
+    router: Router,
+    follower: Follower,
+}
+
+impl Application {
+    pub async fn build(config: Config) -> anyhow::Result<Application> {
+        let connect_options = config
+            .database_url
+            .parse()
+            .context("DATABASE_URL is not a PostgreSQL URL")?;
+        let pool = PgPoolOptions::new()
+            .max_connections(config.db_pool_size)
+            .acquire_timeout(config.db_acquire_timeout())
+            .connect_lazy_with(connect_options);
+        // The listening connection lives as long as it can; it is only replaced when lost.
+        let listen_pool = PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(config.db_acquire_timeout())
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_lazy_with(pool.connect_options().as_ref().clone());
+        let metrics = Metrics::default();
+        let (watermarks, follower) = Watermarks::start(
+            listen_pool,
+            config.kafka_topic.clone(),
+            config.consistency_wait(),
+            &metrics,
+        );
+        let state = AppState {
+            read_models: ReadModels::new(pool),
+            watermarks,
+            metrics,
+        };
+        let listener = TcpListener::bind(config.addr)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.addr))?;
+        Ok(Application {
+            listener,
+            router: router(state),
+            follower,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.listener
+            .local_addr()
+            .map(|addr| addr.port())
+            .unwrap_or(0)
+    }
+
+    /// Serves until `shutdown` resolves, then finishes the requests in flight.
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let Application {
+            listener,
+            router,
+            follower,
+        } = self;
+        tracing::info!(addr = ?listener.local_addr().ok(), "query-api listening");
+        axum::serve(listener, router)
+            .with_graceful_shutdown(shutdown)
+            .await
+            .context("HTTP server failed")?;
+        drop(follower);
+        Ok(())
+    }
+}

@@ -1,0 +1,194 @@
+//! The SQL: reads of the users, posts, decisions and projector_offsets tables.
+//!
+//! The rows are shaped like the contract's JSON, so a row serializes straight into an answer.
+//! Nothing here writes: the projector owns every table.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::pagination::{Cursor, PageRequest};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+pub struct User {
+    pub id: Uuid,
+    pub display_name: String,
+    pub bio: Option<String>,
+    pub post_count: i64,
+    pub version: i64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+pub struct Post {
+    pub id: Uuid,
+    pub author_id: Uuid,
+    pub title: String,
+    pub body: String,
+    pub version: i64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl Post {
+    pub fn cursor(&self) -> Cursor {
+        Cursor {
+            created_at: self.created_at,
+            id: self.id,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+pub struct Decision {
+    pub command_id: Uuid,
+    pub status: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub aggregate_id: Uuid,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<i64>,
+}
+
+const USER: &str = "SELECT id, display_name, bio, post_count, version, created_at, updated_at \
+     FROM users WHERE id = $1 AND deleted_at IS NULL";
+
+const LIVE_USER_EXISTS: &str =
+    "SELECT EXISTS (SELECT 1 FROM users WHERE id = $1 AND deleted_at IS NULL)";
+
+const POST: &str = "SELECT id, author_id, title, body, version, created_at, updated_at \
+     FROM posts WHERE id = $1 AND deleted_at IS NULL AND NOT author_deleted";
+
+// The page queries come in pairs (first page, later page) rather than one query with an
+// optional bound, so each matches its partial index (posts_feed, posts_by_author) directly.
+const FEED_FIRST: &str = "SELECT id, author_id, title, body, version, created_at, updated_at \
+     FROM posts WHERE deleted_at IS NULL AND NOT author_deleted \
+     ORDER BY created_at DESC, id DESC LIMIT $1";
+
+const FEED_AFTER: &str = "SELECT id, author_id, title, body, version, created_at, updated_at \
+     FROM posts WHERE deleted_at IS NULL AND NOT author_deleted AND (created_at, id) < ($2, $3) \
+     ORDER BY created_at DESC, id DESC LIMIT $1";
+
+const BY_AUTHOR_FIRST: &str = "SELECT id, author_id, title, body, version, created_at, updated_at \
+     FROM posts WHERE author_id = $1 AND deleted_at IS NULL AND NOT author_deleted \
+     ORDER BY created_at DESC, id DESC LIMIT $2";
+
+const BY_AUTHOR_AFTER: &str = "SELECT id, author_id, title, body, version, created_at, updated_at \
+     FROM posts WHERE author_id = $1 AND deleted_at IS NULL AND NOT author_deleted \
+     AND (created_at, id) < ($3, $4) \
+     ORDER BY created_at DESC, id DESC LIMIT $2";
+
+const DECISION: &str =
+    "SELECT command_id, status, reason, aggregate_id, version FROM decisions WHERE command_id = $1";
+
+const NEXT_OFFSET: &str =
+    "SELECT next_offset FROM projector_offsets WHERE topic = $1 AND partition = $2";
+
+/// Read access to the read models. Cheap to clone (a pool handle).
+#[derive(Debug, Clone)]
+pub struct ReadModels {
+    pool: PgPool,
+}
+
+impl ReadModels {
+    pub fn new(pool: PgPool) -> ReadModels {
+        ReadModels { pool }
+    }
+
+    /// A live user.
+    pub async fn user(&self, id: Uuid) -> Result<Option<User>, sqlx::Error> {
+        sqlx::query_as(USER)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+    }
+
+    pub async fn live_user_exists(&self, id: Uuid) -> Result<bool, sqlx::Error> {
+        sqlx::query_scalar(LIVE_USER_EXISTS)
+            .bind(id)
+            .fetch_one(&self.pool)
+            .await
+    }
+
+    /// A visible post: neither it nor its author deleted.
+    pub async fn post(&self, id: Uuid) -> Result<Option<Post>, sqlx::Error> {
+        sqlx::query_as(POST)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+    }
+
+    /// Visible posts of everyone, newest first: up to `page.rows_to_fetch()` rows.
+    pub async fn feed(&self, page: &PageRequest) -> Result<Vec<Post>, sqlx::Error> {
+        let rows = page.rows_to_fetch();
+        match page.after {
+            None => {
+                sqlx::query_as(FEED_FIRST)
+                    .bind(rows)
+                    .fetch_all(&self.pool)
+                    .await
+            }
+            Some(after) => {
+                sqlx::query_as(FEED_AFTER)
+                    .bind(rows)
+                    .bind(after.created_at)
+                    .bind(after.id)
+                    .fetch_all(&self.pool)
+                    .await
+            }
+        }
+    }
+
+    /// Visible posts of one author, newest first: up to `page.rows_to_fetch()` rows.
+    pub async fn posts_by_author(
+        &self,
+        author_id: Uuid,
+        page: &PageRequest,
+    ) -> Result<Vec<Post>, sqlx::Error> {
+        let rows = page.rows_to_fetch();
+        match page.after {
+            None => {
+                sqlx::query_as(BY_AUTHOR_FIRST)
+                    .bind(author_id)
+                    .bind(rows)
+                    .fetch_all(&self.pool)
+                    .await
+            }
+            Some(after) => {
+                sqlx::query_as(BY_AUTHOR_AFTER)
+                    .bind(author_id)
+                    .bind(rows)
+                    .bind(after.created_at)
+                    .bind(after.id)
+                    .fetch_all(&self.pool)
+                    .await
+            }
+        }
+    }
+
+    pub async fn decision(&self, command_id: Uuid) -> Result<Option<Decision>, sqlx::Error> {
+        sqlx::query_as(DECISION)
+            .bind(command_id)
+            .fetch_optional(&self.pool)
+            .await
+    }
+
+    /// The projector's next offset to apply on one partition of `topic`, if it has started there.
+    pub async fn next_offset(
+        &self,
+        topic: &str,
+        partition: i32,
+    ) -> Result<Option<i64>, sqlx::Error> {
+        sqlx::query_scalar(NEXT_OFFSET)
+            .bind(topic)
+            .bind(partition)
+            .fetch_optional(&self.pool)
+            .await
+    }
+
+    pub async fn ping(&self) -> Result<(), sqlx::Error> {
+        sqlx::query("SELECT 1").execute(&self.pool).await.map(drop)
+    }
+}

@@ -1,0 +1,13 @@
+//! Integration tests of the query API: real PostgreSQL, HTTP over real sockets.
+//!
+//! Each test gets a migrated database of its own, puts rows in place as the projector would
+//! (see [`seed`]), and talks to an [`helpers::TestApp`] built on port 0.
+
+mod commands;
+mod conditional;
+mod consistency;
+mod helpers;
+mod outage;
+mod pagination;
+mod reads;
+mod seed;

@@ -1,0 +1,75 @@
+//! PostgreSQL going away and coming back, on a cluster of the test's own.
+
+use std::time::Duration;
+
+use query_api::Config;
+use test_support::{MIGRATOR, OwnPostgres, TestDb, unique_topic};
+
+use crate::helpers::{config, json_ok, problem, spawn_app_with};
+use crate::seed;
+
+#[tokio::test]
+async fn reads_answer_503_while_postgres_is_down_and_recover_without_a_restart() {
+    let pg = OwnPostgres::start().await;
+    let db = TestDb::create_on(&pg.admin_url()).await;
+    let pool = db.pool().await;
+    MIGRATOR.run(&pool).await.expect("migrate");
+    let topic = unique_topic("query");
+    let user_id = seed::user(&pool, "Ada", None, seed::at(0)).await;
+    seed::advance_and_notify(&pool, &topic, 0, 5).await;
+    let user_path = format!("/v1/users/{user_id}");
+    let app = spawn_app_with(Config {
+        db_acquire_timeout_ms: 500,
+        ..config(&db.url, &topic, Duration::from_secs(30))
+    })
+    .await;
+    json_ok(app.get(&user_path).await).await;
+    json_ok(
+        app.get_with(&user_path, &[("consistency-token", "v1.0.4")])
+            .await,
+    )
+    .await;
+
+    pg.stop().await;
+
+    for path in [
+        user_path.clone(),
+        "/v1/posts".to_owned(),
+        format!("/v1/users/{user_id}/posts"),
+    ] {
+        assert_eq!(
+            problem(app.get(&path).await, 503).await,
+            "/problems/unavailable",
+            "{path}"
+        );
+    }
+    assert_eq!(
+        problem(app.get("/readyz").await, 503).await,
+        "/problems/unavailable"
+    );
+    assert_eq!(
+        app.get("/healthz").await.status(),
+        200,
+        "alive, if not ready"
+    );
+
+    pg.resume().await;
+
+    json_ok(app.get(&user_path).await).await;
+    assert_eq!(app.get("/readyz").await.status(), 200);
+    // The progress follower reconnects too: progress made after the restart releases a read.
+    seed::advance_and_notify(&pool, &topic, 0, 8).await;
+    json_ok(
+        app.get_with(&user_path, &[("consistency-token", "v1.0.7")])
+            .await,
+    )
+    .await;
+    let by_deadline = r#"query_api_consistency_waits_total{outcome="table"}"#;
+    assert_eq!(
+        app.metric(by_deadline).await,
+        None,
+        "released by the follower, not the deadline"
+    );
+    drop(app);
+    db.drop_database().await;
+}
