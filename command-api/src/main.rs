@@ -2,12 +2,12 @@
 //! or SIGTERM.
 
 use clap::Parser;
-use command_api::{Application, Config, LogFormat};
+use command_api::{Application, Config};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
-    service_kit::telemetry::init(config.log_format == LogFormat::Json);
+    service_kit::telemetry::init(config.log_format);
     let application = Application::build(config).await?;
     application.run(service_kit::shutdown::signal()).await
 }

@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 
 use clap::Parser;
+pub use service_kit::telemetry::LogFormat;
 
 /// Decides the events of the log in order and materializes them into PostgreSQL.
 #[derive(Debug, Clone, Parser)]
@@ -49,8 +50,8 @@ pub struct Config {
     pub instance_id: Option<String>,
 
     /// Log format: text or json.
-    #[arg(long, env = "LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
-    pub log_format: String,
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
 }
 
 impl Config {

@@ -179,7 +179,6 @@ impl Projector {
                 (config.kafka_session_timeout_ms / 3).max(500).to_string(),
             )
             .create_with_context(context)?;
-        consumer.subscribe(&[&config.kafka_topic])?;
         let projector = Projector {
             consumer,
             store,
@@ -196,6 +195,13 @@ impl Projector {
     /// Reads, decides and commits until `stopping` is set. A batch in flight when it is set is
     /// finished; a batch that cannot commit is abandoned (rolled back) and re-read next time.
     pub fn run(self) {
+        if !self.wait_for_topic() {
+            return;
+        }
+        if let Err(e) = self.consumer.subscribe(&[&self.topic]) {
+            tracing::error!(error = %e, "cannot subscribe to the topic");
+            return;
+        }
         while !self.stopping.load(Ordering::Relaxed) {
             let batch = self.next_batch();
             if batch.is_empty() {
@@ -204,6 +210,35 @@ impl Projector {
             self.commit(&batch);
         }
         tracing::info!("projector stopped");
+    }
+
+    /// Waits until the topic exists: the command API creates it, and a group subscribed to a
+    /// missing topic would only notice it at the next metadata refresh, minutes later.
+    /// Returns false when stopping first.
+    fn wait_for_topic(&self) -> bool {
+        let mut backoff = Backoff::default();
+        let mut logged = false;
+        while !self.stopping.load(Ordering::Relaxed) {
+            let found = self
+                .consumer
+                .fetch_metadata(Some(&self.topic), Duration::from_secs(5))
+                .map(|m| {
+                    m.topics().iter().any(|t| {
+                        t.name() == self.topic && t.error().is_none() && !t.partitions().is_empty()
+                    })
+                });
+            match found {
+                Ok(true) => return true,
+                Ok(false) if !logged => {
+                    tracing::info!(topic = %self.topic, "waiting for the topic to be created");
+                    logged = true;
+                }
+                Ok(false) => {}
+                Err(e) => tracing::warn!(error = %e, "cannot fetch topic metadata; retrying"),
+            }
+            std::thread::sleep(backoff.next());
+        }
+        false
     }
 
     /// Waits up to a short while for a first record, then takes whatever else is buffered, up

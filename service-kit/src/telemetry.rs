@@ -2,14 +2,22 @@
 
 use tracing_subscriber::EnvFilter;
 
-/// Installs the global subscriber: `RUST_LOG` filters (default `info`), JSON lines when `json`.
+/// How log lines are written; every binary takes it as `--log-format` / `LOG_FORMAT`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+/// Installs the global subscriber: `RUST_LOG` filters (default `info`).
 /// Safe to call more than once (later calls do nothing), which tests rely on.
-pub fn init(json: bool) {
+pub fn init(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    let _ = if json {
-        builder.json().try_init()
-    } else {
-        builder.try_init()
+    let _ = match format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
     };
 }

@@ -241,14 +241,8 @@ impl OwnPostgres {
             .unwrap_or_else(|_| newest_pg_bin());
         let dir = tempfile::tempdir().expect("temp dir");
         let data = dir.path().join("data");
-        // initdb refuses to run as root; run it as the postgres user when we are root.
-        let as_root = std::env::var("USER").map(|u| u == "root").unwrap_or(false)
-            || std::process::Command::new("id")
-                .arg("-u")
-                .output()
-                .map(|o| o.stdout == b"0\n")
-                .unwrap_or(false);
-        if as_root {
+        // initdb refuses to run as root; run the cluster as the postgres user when we are root.
+        if running_as_root() {
             std::process::Command::new("chown")
                 .args(["-R", "postgres:postgres"])
                 .arg(dir.path())
@@ -257,7 +251,6 @@ impl OwnPostgres {
         }
         let initdb = run_pg(
             &bin.join("initdb"),
-            as_root,
             &[
                 "-D",
                 &data.display().to_string(),
@@ -281,14 +274,6 @@ impl OwnPostgres {
         format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
     }
 
-    fn as_root(&self) -> bool {
-        std::process::Command::new("id")
-            .arg("-u")
-            .output()
-            .map(|o| o.stdout == b"0\n")
-            .unwrap_or(false)
-    }
-
     pub async fn resume(&self) {
         let data = self.dir.path().join("data").display().to_string();
         let log = self.dir.path().join("pg.log").display().to_string();
@@ -299,7 +284,6 @@ impl OwnPostgres {
         );
         let status = run_pg(
             &self.bin.join("pg_ctl"),
-            self.as_root(),
             &["-D", &data, "-l", &log, "-o", &options, "-w", "start"],
         );
         assert!(status.success(), "pg_ctl start failed; see {log}");
@@ -308,11 +292,11 @@ impl OwnPostgres {
     /// Stops the cluster at once (`-m immediate`): a crash, as far as clients can tell.
     pub async fn stop(&self) {
         let data = self.dir.path().join("data").display().to_string();
-        let _ = run_pg(
+        let status = run_pg(
             &self.bin.join("pg_ctl"),
-            self.as_root(),
             &["-D", &data, "-m", "immediate", "-w", "stop"],
         );
+        assert!(status.success(), "pg_ctl stop failed");
     }
 }
 
@@ -321,14 +305,13 @@ impl Drop for OwnPostgres {
         let data = self.dir.path().join("data").display().to_string();
         let _ = run_pg(
             &self.bin.join("pg_ctl"),
-            self.as_root(),
             &["-D", &data, "-m", "immediate", "-w", "stop"],
         );
     }
 }
 
-fn run_pg(program: &std::path::Path, as_root: bool, args: &[&str]) -> std::process::ExitStatus {
-    let mut command = if as_root {
+fn run_pg(program: &std::path::Path, args: &[&str]) -> std::process::ExitStatus {
+    let mut command = if running_as_root() {
         let mut c = std::process::Command::new("runuser");
         c.args(["-u", "postgres", "--"]).arg(program);
         c
@@ -340,6 +323,13 @@ fn run_pg(program: &std::path::Path, as_root: bool, args: &[&str]) -> std::proce
         .stdout(Stdio::null())
         .status()
         .unwrap_or_else(|e| panic!("run {}: {e}", program.display()))
+}
+
+fn running_as_root() -> bool {
+    std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout == b"0\n")
 }
 
 fn newest_pg_bin() -> PathBuf {

@@ -39,7 +39,7 @@ pub async fn spawn_app(brokers: &str, topic: &str) -> TestApp {
 }
 
 pub async fn spawn_app_with(config: Config) -> TestApp {
-    service_kit::telemetry::init(false);
+    service_kit::telemetry::init(service_kit::telemetry::LogFormat::Text);
     let brokers = config.kafka_brokers.clone();
     let topic = config.kafka_topic.clone();
     let application = Application::build(config)

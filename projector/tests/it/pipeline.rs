@@ -3,7 +3,7 @@
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 
-use crate::stack::{Stack, command_api, write_to};
+use crate::stack::{Stack, command_api, projector, projector_config, query_api, write_to};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_created_user_is_visible_to_a_read_with_its_token() {
@@ -346,4 +346,38 @@ async fn the_same_write_sent_twice_to_two_instances_has_one_effect() {
         .read(&format!("/v1/posts/{}", post.aggregate_id), None)
         .await;
     assert_eq!(read["title"], "once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_projector_started_before_the_topic_exists_picks_it_up() {
+    let brokers = test_support::kafka_brokers();
+    let topic = test_support::unique_topic("late-topic");
+    let db = test_support::TestDb::create().await;
+    let _projector = projector(projector_config(
+        &brokers,
+        &topic,
+        &format!("{topic}-g"),
+        &db.url,
+        "early",
+    ))
+    .await;
+    let command = command_api(&brokers, &topic).await;
+    let query = query_api(&db.url, &topic).await;
+    let client = test_support::http();
+    let created = write_to(
+        &client,
+        &command.url,
+        Method::POST,
+        "/v1/users",
+        Some(json!({"display_name": "Jo"})),
+        &[],
+    )
+    .await;
+    let response = client
+        .get(format!("{}/v1/commands/{}", query.url, created.command_id))
+        .header("Consistency-Token", &created.token)
+        .send()
+        .await
+        .expect("read");
+    assert_eq!(response.status(), StatusCode::OK);
 }

@@ -33,7 +33,7 @@ pub async fn spawn_app(database_url: &str, topic: &str, consistency_wait: Durati
 }
 
 pub async fn spawn_app_with(config: Config) -> TestApp {
-    service_kit::telemetry::init(false);
+    service_kit::telemetry::init(service_kit::telemetry::LogFormat::Text);
     let app = Application::build(config).await.expect("build the app");
     let address = format!("http://127.0.0.1:{}", app.port());
     let (shutdown, stopped) = oneshot::channel::<()>();
