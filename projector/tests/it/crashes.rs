@@ -7,7 +7,9 @@ use serde_json::json;
 use test_support::{OwnBroker, OwnPostgres, TestDb, http};
 use tokio::sync::Notify;
 
-use crate::stack::{Accepted, ChildProjector, Stack, replay_snapshot, snapshot, write_to};
+use crate::stack::{
+    Accepted, ChildProjector, Stack, replay_snapshot, send_write, snapshot, write_to,
+};
 
 /// A stream of writes over a few users: posts, edits and deletes, with `If-Match` values that
 /// are sometimes stale, so that applies and rejections interleave. `halfway` is notified once
@@ -235,18 +237,18 @@ async fn while_the_broker_is_down_writes_fail_fast_and_reads_go_on_and_both_reco
     assert_eq!(stack.decision(&user).await["status"], "applied");
 
     broker.stop().await;
-    let response = stack
-        .client
-        .post(format!(
-            "{}/v1/users/{}/posts",
-            stack.command.url, user.aggregate_id
-        ))
-        .json(&json!({"title": "t", "body": "b"}))
-        .send()
-        .await
-        .expect("an answer, not a hang");
-    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
-    assert!(response.headers().contains_key("retry-after"));
+    let post = json!({"title": "t", "body": "b"});
+    let path = format!("/v1/users/{}/posts", user.aggregate_id);
+    let (status, _) = send_write(
+        &stack.client,
+        &stack.command.url,
+        Method::POST,
+        &path,
+        Some(post.clone()),
+        &[],
+    )
+    .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     let (status, read) = stack
         .read(
             &format!("/v1/users/{}", user.aggregate_id),
@@ -259,34 +261,26 @@ async fn while_the_broker_is_down_writes_fail_fast_and_reads_go_on_and_both_reco
     broker.resume().await;
     // The clients reconnect on their own, with no signal to wait on: until they have, a write
     // may still answer 503, so poll with a bound.
-    let mut published = None;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while std::time::Instant::now() < deadline {
-        let response = stack
-            .client
-            .post(format!(
-                "{}/v1/users/{}/posts",
-                stack.command.url, user.aggregate_id
-            ))
-            .json(&json!({"title": "back", "body": "b"}))
-            .send()
-            .await
-            .expect("answer");
-        if response.status() == StatusCode::ACCEPTED {
-            published = Some(response.json::<serde_json::Value>().await.expect("json"));
-            break;
+    let accepted = loop {
+        let (status, answer) = send_write(
+            &stack.client,
+            &stack.command.url,
+            Method::POST,
+            &path,
+            Some(post.clone()),
+            &[],
+        )
+        .await;
+        if status == StatusCode::ACCEPTED {
+            break Accepted::from_body(&answer);
         }
-        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{answer}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "writes never worked again without a restart"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    }
-    let published = published.expect("writes work again without a restart");
-    let accepted = Accepted {
-        command_id: published["command_id"].as_str().expect("id").to_owned(),
-        aggregate_id: published["aggregate_id"].as_str().expect("id").to_owned(),
-        token: published["consistency_token"]
-            .as_str()
-            .expect("token")
-            .to_owned(),
     };
     assert_eq!(
         stack.decision(&accepted).await["status"],

@@ -282,27 +282,45 @@ pub async fn write_to(
     body: Option<Value>,
     headers: &[(&str, &str)],
 ) -> Accepted {
-    let mut request = client.request(method.clone(), format!("{base}{path}"));
+    let (status, answer) = send_write(client, base, method.clone(), path, body, headers).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{method} {path}: {answer}");
+    Accepted::from_body(&answer)
+}
+
+/// Sends a write and returns whatever it answered.
+pub async fn send_write(
+    client: &reqwest::Client,
+    base: &str,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+    headers: &[(&str, &str)],
+) -> (StatusCode, Value) {
+    let mut request = client.request(method, format!("{base}{path}"));
     if let Some(body) = body {
         request = request.json(&body);
     }
     for (k, v) in headers {
         request = request.header(*k, *v);
     }
-    let response = request.send().await.expect("write");
+    let response = request.send().await.expect("an answer, not a hang");
     let status = response.status();
-    let body: Value = response.json().await.unwrap_or(Value::Null);
-    assert_eq!(status, StatusCode::ACCEPTED, "{method} {path}: {body}");
-    Accepted {
-        command_id: body["command_id"].as_str().expect("command_id").to_owned(),
-        aggregate_id: body["aggregate_id"]
-            .as_str()
-            .expect("aggregate_id")
-            .to_owned(),
-        token: body["consistency_token"]
-            .as_str()
-            .expect("token")
-            .to_owned(),
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+impl Accepted {
+    pub fn from_body(body: &Value) -> Accepted {
+        Accepted {
+            command_id: body["command_id"].as_str().expect("command_id").to_owned(),
+            aggregate_id: body["aggregate_id"]
+                .as_str()
+                .expect("aggregate_id")
+                .to_owned(),
+            token: body["consistency_token"]
+                .as_str()
+                .expect("token")
+                .to_owned(),
+        }
     }
 }
 
