@@ -38,6 +38,8 @@ struct Rebalancer {
     owner: String,
     ownership: Ownership,
     stopping: Arc<AtomicBool>,
+    /// Why the projector must stop, when it must: set here, reported by [`Projector::run`].
+    failure: Arc<Mutex<Option<String>>>,
 }
 
 impl ClientContext for Rebalancer {}
@@ -59,6 +61,12 @@ impl ConsumerContext for Rebalancer {
                 let Some(claims) = self.claim(&partitions) else {
                     return;
                 };
+                if let Some(problem) = self.read_model_ahead_of_log(consumer, &claims) {
+                    tracing::error!("{problem}");
+                    *lock(&self.failure) = Some(problem);
+                    self.stopping.store(true, Ordering::Relaxed);
+                    return;
+                }
                 let assignment = positioned(&self.topic, &claims);
                 if let Err(e) = consumer.assign(&assignment) {
                     tracing::error!(error = %e, "cannot assign partitions");
@@ -84,6 +92,33 @@ impl ConsumerContext for Rebalancer {
 }
 
 impl Rebalancer {
+    /// A stored offset past the end of its partition means the database was projected from
+    /// another log (a topic deleted and created again, another broker): reading on would skip
+    /// that many events of this log in silence. Says so, or `None` when every claim fits.
+    fn read_model_ahead_of_log(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        claims: &BTreeMap<i32, Claim>,
+    ) -> Option<String> {
+        for (partition, claim) in claims {
+            match consumer.fetch_watermarks(&self.topic, *partition, Duration::from_secs(10)) {
+                Ok((_, end)) if claim.next_offset > end => {
+                    return Some(format!(
+                        "the read model is ahead of the log: partition {partition} of topic {:?} ends at offset {end}, \
+                         but the database has already projected it up to offset {}. This database was built from \
+                         another log; point the projector at that log, or at an empty database to project this one",
+                        self.topic, claim.next_offset
+                    ));
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(partition, error = %e, "cannot check the partition's end offset")
+                }
+            }
+        }
+        None
+    }
+
     /// Claims `partitions`, retrying while PostgreSQL is unavailable. `None` when stopping.
     fn claim(&self, partitions: &[i32]) -> Option<BTreeMap<i32, Claim>> {
         let mut backoff = Backoff::default();
@@ -162,6 +197,7 @@ impl Projector {
             owner: config.instance_id(),
             ownership: ownership.clone(),
             stopping: stopping.clone(),
+            failure: Arc::default(),
         };
         let consumer: BaseConsumer<Rebalancer> = ClientConfig::new()
             .set("bootstrap.servers", &config.kafka_brokers)
@@ -194,14 +230,14 @@ impl Projector {
 
     /// Reads, decides and commits until `stopping` is set. A batch in flight when it is set is
     /// finished; a batch that cannot commit is abandoned (rolled back) and re-read next time.
-    pub fn run(self) {
+    /// Returns why it stopped when it was not asked to.
+    pub fn run(self) -> Result<(), String> {
         if !self.wait_for_topic() {
-            return;
+            return Ok(());
         }
-        if let Err(e) = self.consumer.subscribe(&[&self.topic]) {
-            tracing::error!(error = %e, "cannot subscribe to the topic");
-            return;
-        }
+        self.consumer
+            .subscribe(&[&self.topic])
+            .map_err(|e| format!("cannot subscribe to topic {:?}: {e}", self.topic))?;
         while !self.stopping.load(Ordering::Relaxed) {
             let batch = self.next_batch();
             if batch.is_empty() {
@@ -210,6 +246,10 @@ impl Projector {
             self.commit(&batch);
         }
         tracing::info!("projector stopped");
+        match lock(&self.consumer.context().failure).take() {
+            Some(failure) => Err(failure),
+            None => Ok(()),
+        }
     }
 
     /// Waits until the topic exists: the command API creates it, and a group subscribed to a

@@ -100,7 +100,8 @@ impl Application {
     }
 
     /// Runs until `shutdown` resolves, then finishes the batch in flight and leaves the group.
-    /// Returns an error if the consumer loop died.
+    /// Returns an error if the consumer loop stopped on its own: it panicked, or it found the
+    /// database projected from another log.
     pub async fn run(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
@@ -117,9 +118,10 @@ impl Application {
             .name("projector-consumer".into())
             .spawn(move || {
                 let result =
-                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| projector.run()));
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| projector.run()))
+                        .unwrap_or_else(|_| Err("the consumer loop panicked".to_owned()));
                 consumer_alive.store(false, Ordering::Relaxed);
-                let _ = done_tx.send(result.is_ok());
+                let _ = done_tx.send(result);
             })?;
         let stop = stopping.clone();
         let http = axum::serve(listener, router).with_graceful_shutdown(async move {
@@ -127,14 +129,12 @@ impl Application {
             stop.store(true, Ordering::Relaxed);
         });
         let http = tokio::spawn(async move { http.await });
-        let clean = done_rx.await.unwrap_or(false);
+        let outcome = done_rx
+            .await
+            .unwrap_or_else(|_| Err("the consumer thread vanished".to_owned()));
         stopping.store(true, Ordering::Relaxed);
         http.abort();
-        if clean {
-            Ok(())
-        } else {
-            anyhow::bail!("the consumer loop panicked")
-        }
+        outcome.map_err(anyhow::Error::msg)
     }
 }
 

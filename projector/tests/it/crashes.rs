@@ -288,3 +288,38 @@ async fn while_the_broker_is_down_writes_fail_fast_and_reads_go_on_and_both_reco
         "the projector resumed too"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_projected_from_another_log_stops_the_projector_instead_of_skipping_events() {
+    let brokers = test_support::kafka_brokers();
+    let topic = test_support::unique_topic("other-log");
+    let db = TestDb::migrated().await;
+    let _command = crate::stack::command_api(&brokers, &topic).await;
+    // As if this database had projected 100 events per partition of an earlier topic of this name.
+    let pool = db.pool().await;
+    sqlx::query(
+        "INSERT INTO projector_offsets (topic, partition, next_offset, epoch, owner)
+         SELECT $1, p, 100, 1, 'earlier' FROM generate_series(0, 3) AS p",
+    )
+    .bind(&topic)
+    .execute(&pool)
+    .await
+    .expect("offsets");
+
+    let config =
+        crate::stack::projector_config(&brokers, &topic, &format!("{topic}-g"), &db.url, "p");
+    let app = projector::Application::build(config).await.expect("builds");
+    let stopped = tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        app.run(std::future::pending()),
+    )
+    .await
+    .expect("the projector stops on its own");
+    let error = stopped.expect_err("and says why").to_string();
+    assert!(error.contains("ahead of the log"), "{error}");
+    let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM decisions")
+        .fetch_one(&pool)
+        .await
+        .expect("count");
+    assert_eq!(applied, 0);
+}
