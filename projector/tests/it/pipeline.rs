@@ -192,13 +192,15 @@ async fn writes_under_an_unknown_or_deleted_user_are_not_found() {
         )
         .await;
     assert_eq!(stack.decision(&foreign).await["reason"], "not_found");
-    let (status, _) = stack
+    // The post lives in its author's partition: a token covers only the partition of its write.
+    let (status, post) = stack
         .read(
             &format!("/v1/posts/{}", owned.aggregate_id),
-            Some(&foreign.token),
+            Some(&owned.token),
         )
         .await;
     assert_eq!(status, StatusCode::OK);
+    assert_eq!(post["version"], 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
