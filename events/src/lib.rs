@@ -9,9 +9,11 @@
 //!   Kafka headers that repeat the type and schema version.
 //! - [`domain`]: the domain events themselves, past tense (`user.registered`, `post.published`, ...).
 //! - [`token`]: the consistency token a write returns and a read may present: a log position.
+//! - [`progress`]: the notice the projector sends after each commit, which wakes waiting reads.
 
 pub mod domain;
 pub mod envelope;
+pub mod progress;
 pub mod token;
 
 pub use domain::{

@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use events::progress::ProgressNotice;
 use events::{Envelope, Event};
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::{PgConnection, Row};
@@ -17,9 +18,6 @@ use crate::decide::{Aggregate, Decision, Given, Reason, decide};
 
 /// The schema, applied at start-up. sqlx takes an advisory lock, so several instances may race.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
-
-/// The channel the projector notifies after each commit; the query API listens on it.
-pub const PROGRESS_CHANNEL: &str = "projector_progress";
 
 /// One record as read from Kafka, owned so it can outlive the consumer's buffer.
 #[derive(Debug, Clone)]
@@ -231,13 +229,13 @@ impl Store {
         }
         if !outcome.committed.is_empty() {
             // Delivered on commit, never for a rolled-back batch.
-            let payload = serde_json::json!({
-                "topic": self.topic,
-                "offsets": outcome.committed.iter().map(|(p, o)| [i64::from(*p), *o]).collect::<Vec<_>>(),
-            });
+            let notice = ProgressNotice {
+                topic: self.topic.clone(),
+                offsets: outcome.committed.iter().map(|(p, o)| (*p, *o)).collect(),
+            };
             sqlx::query("SELECT pg_notify($1, $2)")
-                .bind(PROGRESS_CHANNEL)
-                .bind(payload.to_string())
+                .bind(events::progress::CHANNEL)
+                .bind(serde_json::to_string(&notice).unwrap_or_default())
                 .execute(&mut *tx)
                 .await?;
         }

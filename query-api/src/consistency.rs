@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use events::ConsistencyToken;
-use serde::Deserialize;
+use events::progress::ProgressNotice;
 use service_kit::metrics::Metrics;
 use sqlx::PgPool;
 use sqlx::postgres::PgListener;
@@ -27,21 +27,11 @@ use tokio::task::JoinHandle;
 use crate::error::ApiError;
 use crate::read_models::ReadModels;
 
-/// The channel the projector notifies on after each committed batch.
-pub const PROGRESS_CHANNEL: &str = "projector_progress";
-
 const FIRST_RETRY_DELAY: Duration = Duration::from_millis(100);
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(5);
 
 /// Next offset to apply, per partition of our topic.
 type Offsets = BTreeMap<i32, i64>;
-
-/// The payload of a `projector_progress` notification.
-#[derive(Debug, Deserialize)]
-struct Progress {
-    topic: String,
-    offsets: Vec<(i32, i64)>,
-}
 
 /// How far the read model has got, per partition, and the wait on it. Cheap to clone.
 #[derive(Clone)]
@@ -204,7 +194,7 @@ async fn listen_and_load(
     topic: &str,
 ) -> Result<(PgListener, Offsets), sqlx::Error> {
     let mut listener = PgListener::connect_with(listen_pool).await?;
-    listener.listen(PROGRESS_CHANNEL).await?;
+    listener.listen(events::progress::CHANNEL).await?;
     // On the listening connection, after LISTEN: progress committed from here on is notified.
     let rows: Vec<(i32, i64)> =
         sqlx::query_as("SELECT partition, next_offset FROM projector_offsets WHERE topic = $1")
@@ -227,7 +217,7 @@ async fn apply_notifications(
             Ok(None) => return "connection lost".to_owned(),
             Err(error) => return error.to_string(),
         };
-        let progress: Progress = match serde_json::from_str(notification.payload()) {
+        let progress: ProgressNotice = match serde_json::from_str(notification.payload()) {
             Ok(progress) => progress,
             Err(error) => return format!("unreadable notification: {error}"),
         };
