@@ -6,6 +6,7 @@
 mod stack;
 
 mod crashes;
+mod determinism;
 mod pipeline;
 mod poison;
 mod store;
