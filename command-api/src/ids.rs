@@ -6,8 +6,10 @@
 //! shared state: the projector then sees the same command id twice and applies it once.
 //!
 //! - `command_id` and `event_id` also hash the request's fingerprint (method, route, path ids,
-//!   `If-Match`, canonical event data): the same key with a different request is a different
-//!   command, which the projector rejects as `idempotency_key_reused`.
+//!   `If-Match`, the body's fields as the event carries them, in canonical JSON): the same key
+//!   with a different request is a different command, which the projector rejects as
+//!   `idempotency_key_reused`. Fields the command API adds to an event itself are not part of
+//!   the request and stay out.
 //! - the new aggregate id deliberately leaves the fingerprint out: a key reused with another
 //!   body names the same resource, so the second create cannot make a second resource.
 //!
@@ -41,7 +43,8 @@ pub struct Fingerprint<'a> {
     pub path_ids: &'a [Uuid],
     /// The version named by `If-Match`: a retry with another precondition is another request.
     pub expected_version: Option<i64>,
-    /// The event's payload ([`events::Event::data`]).
+    /// The payload fields the client sent, as the event carries them: see
+    /// `command::command_ids`, which leaves out what the command API fills in itself.
     pub data: &'a Value,
 }
 

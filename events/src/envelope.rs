@@ -3,12 +3,15 @@
 //! On the wire an event is one JSON object:
 //!
 //! ```json
-//! {"event_id": "...", "type": "post.published", "schema_version": 1,
+//! {"event_id": "...", "type": "post.published", "schema_version": 2,
 //!  "aggregate_type": "post", "aggregate_id": "...", "partition_key": "...",
 //!  "command_id": "...", "idempotency": {"scope": "...", "key": "..."},
 //!  "expected_version": 3, "accepted_at": "2026-11-27T12:00:00.123456Z",
-//!  "data": {"title": "...", "body": "..."}}
+//!  "data": {"title": "...", "body": "...", "format": "plain"}}
 //! ```
+//!
+//! `schema_version` is the version of `data`'s shape for that type. Encoding always writes the
+//! current version; decoding accepts every version there ever was (see [`crate::upcast`]).
 //!
 //! The Kafka record's key is the partition key (the owning user's id) and its headers repeat the
 //! type and the schema version, so tools can route or filter without parsing the body.
@@ -156,7 +159,9 @@ impl Envelope {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{PostEdited, PostPublished, UserProfileUpdated, UserRegistered};
+    use crate::domain::{
+        PostEdited, PostFormat, PostPublished, UserProfileUpdated, UserRegistered,
+    };
 
     fn envelope(event: Event) -> Envelope {
         let user = Uuid::now_v7();
@@ -197,6 +202,12 @@ mod tests {
             Event::PostPublished(PostPublished {
                 title: "t".into(),
                 body: "b 🦀".into(),
+                format: PostFormat::Plain,
+            }),
+            Event::PostPublished(PostPublished {
+                title: "# t".into(),
+                body: "*b*".into(),
+                format: PostFormat::Markdown,
             }),
             Event::PostEdited(PostEdited {
                 title: Some("t2".into()),
@@ -224,6 +235,83 @@ mod tests {
         assert_eq!(json["aggregate_type"], "post");
         assert_eq!(json["partition_key"], original.partition_key.to_string());
         assert_eq!(json["expected_version"], 3);
+    }
+
+    #[test]
+    fn post_published_is_written_as_version_2_with_its_format() {
+        let original = envelope(Event::PostPublished(PostPublished {
+            title: "t".into(),
+            body: "b".into(),
+            format: PostFormat::Plain,
+        }));
+        let json: serde_json::Value = serde_json::from_slice(&original.encode()).expect("json");
+        assert_eq!(json["type"], "post.published");
+        assert_eq!(json["schema_version"], 2);
+        assert_eq!(
+            json["data"],
+            serde_json::json!({"title": "t", "body": "b", "format": "plain"})
+        );
+    }
+
+    #[test]
+    fn a_version_1_post_published_decodes_as_plain() {
+        let mut wire: serde_json::Value = serde_json::from_slice(
+            &envelope(Event::PostPublished(PostPublished {
+                title: "t".into(),
+                body: "b".into(),
+                format: PostFormat::Markdown,
+            }))
+            .encode(),
+        )
+        .expect("json");
+        wire["schema_version"] = 1.into();
+        wire["data"] = serde_json::json!({"title": "old", "body": "days"});
+        let decoded = Envelope::decode(&serde_json::to_vec(&wire).expect("json")).expect("decodes");
+        assert_eq!(
+            decoded.event,
+            Event::PostPublished(PostPublished {
+                title: "old".into(),
+                body: "days".into(),
+                format: PostFormat::Plain,
+            })
+        );
+        assert_eq!(decoded.schema_version(), 2, "re-encoded as the newest");
+    }
+
+    #[test]
+    fn post_published_payloads_that_fit_no_version_are_decode_errors() {
+        let valid: serde_json::Value = serde_json::from_slice(
+            &envelope(Event::PostPublished(PostPublished {
+                title: "t".into(),
+                body: "b".into(),
+                format: PostFormat::Plain,
+            }))
+            .encode(),
+        )
+        .expect("json");
+        let mut v1_with_format = valid.clone();
+        v1_with_format["schema_version"] = 1.into();
+        let mut v2_without_format = valid.clone();
+        v2_without_format["data"]
+            .as_object_mut()
+            .expect("object")
+            .remove("format");
+        let mut unknown_format = valid.clone();
+        unknown_format["data"]["format"] = "html".into();
+        let mut version_0 = valid.clone();
+        version_0["schema_version"] = 0.into();
+        let mut version_3 = valid.clone();
+        version_3["schema_version"] = 3.into();
+        for bad in [
+            v1_with_format,
+            v2_without_format,
+            unknown_format,
+            version_0,
+            version_3,
+        ] {
+            let bytes = serde_json::to_vec(&bad).expect("json");
+            assert!(Envelope::decode(&bytes).is_err(), "accepted {bad}");
+        }
     }
 
     #[test]

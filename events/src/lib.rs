@@ -7,17 +7,28 @@
 //! - [`envelope`]: the [`Envelope`] every event travels in (ids, ordering key, command id,
 //!   `If-Match` expectation, acceptance time) and its JSON encoding and decoding, including the
 //!   Kafka headers that repeat the type and schema version.
-//! - [`domain`]: the domain events themselves, past tense (`user.registered`, `post.published`, ...).
+//! - [`domain`]: the domain events themselves, past tense (`user.registered`, `post.published`, ...),
+//!   in their newest shape, and the schema version of each type.
+//! - [`upcast`]: the chain of upcasters that turns a payload of an older schema version into the
+//!   newest shape on decoding, and the history of every version (see its module docs).
 //! - [`token`]: the consistency token a write returns and a read may present: a log position.
 //! - [`progress`]: the notice the projector sends after each commit, which wakes waiting reads.
+//!
+//! `corpus/` holds one envelope for every type and schema version that was ever written; a test
+//! decodes them all, so a change that would break old events in the log fails here first.
 
 pub mod domain;
 pub mod envelope;
 pub mod progress;
 pub mod token;
+pub mod upcast;
+
+#[cfg(test)]
+mod corpus_tests;
 
 pub use domain::{
-    AggregateType, Event, PostEdited, PostPublished, UserProfileUpdated, UserRegistered,
+    AggregateType, Event, EventType, PayloadError, PostEdited, PostFormat, PostPublished,
+    UserProfileUpdated, UserRegistered,
 };
 pub use envelope::{DecodeError, Envelope, Idempotency, headers};
 pub use token::{ConsistencyToken, TokenError};

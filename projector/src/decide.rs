@@ -127,7 +127,9 @@ mod tests {
 
     use super::*;
     use chrono::Utc;
-    use events::{Idempotency, PostEdited, PostPublished, UserProfileUpdated, UserRegistered};
+    use events::{
+        Idempotency, PostEdited, PostFormat, PostPublished, UserProfileUpdated, UserRegistered,
+    };
 
     fn envelope(event: Event) -> Envelope {
         let user = Uuid::now_v7();
@@ -170,6 +172,7 @@ mod tests {
         envelope(Event::PostPublished(PostPublished {
             title: "t".into(),
             body: "b".into(),
+            format: PostFormat::Plain,
         }))
     }
     fn edited(expected: Option<i64>) -> Envelope {

@@ -2,8 +2,9 @@
 //!
 //! [`Store::commit_batch`] is the heart of the projector: in ONE transaction it checks that this
 //! instance still owns each partition of the batch (the fence), decides and applies every event,
-//! records every decision, dead-letters what cannot be decoded, advances the stored offsets and
-//! notifies waiting readers. Either all of that commits or none of it does.
+//! appends each applied one to its aggregate's history, records every decision, dead-letters what
+//! cannot be decoded, advances the stored offsets and notifies waiting readers. Either all of that
+//! commits or none of it does.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -274,6 +275,7 @@ impl Store {
             }
             Decision::Applied { version } => {
                 apply(conn, &envelope, version).await?;
+                record_history(conn, &envelope, version, record).await?;
                 outcome.applied += 1;
             }
             Decision::Rejected(reason) => {
@@ -416,13 +418,14 @@ async fn apply(conn: &mut PgConnection, e: &Envelope, version: i64) -> Result<()
         }
         Event::PostPublished(p) => {
             sqlx::query(
-                "INSERT INTO posts (id, author_id, title, body, version, created_at, updated_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $6)",
+                "INSERT INTO posts (id, author_id, title, body, format, version, created_at, updated_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $7)",
             )
             .bind(e.aggregate_id)
             .bind(e.partition_key)
             .bind(&p.title)
             .bind(&p.body)
+            .bind(p.format.as_str())
             .bind(version)
             .bind(at)
             .execute(&mut *conn)
@@ -454,6 +457,34 @@ async fn apply(conn: &mut PgConnection, e: &Envelope, version: i64) -> Result<()
             adjust_post_count(conn, e.partition_key, -1).await?;
         }
     }
+    Ok(())
+}
+
+/// Appends an applied event to its aggregate's stream (`aggregate_events`), at the version it
+/// gave the aggregate.
+async fn record_history(
+    conn: &mut PgConnection,
+    e: &Envelope,
+    version: i64,
+    record: &Record,
+) -> Result<(), StoreError> {
+    // Bound as text and cast: the payload is JSON already, and sqlx's json support is not
+    // compiled in.
+    sqlx::query(
+        "INSERT INTO aggregate_events (aggregate_id, version, event_id, event_type, aggregate_type, occurred_at, data, kafka_partition, kafka_offset)
+         VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, $8, $9)",
+    )
+    .bind(e.aggregate_id)
+    .bind(version)
+    .bind(e.event_id)
+    .bind(e.type_name())
+    .bind(e.aggregate_type().as_str())
+    .bind(e.accepted_at)
+    .bind(e.event.data().to_string())
+    .bind(record.partition)
+    .bind(record.offset)
+    .execute(conn)
+    .await?;
     Ok(())
 }
 

@@ -66,6 +66,9 @@ impl ApiError {
             ApiError::InvalidPage(PageError::Cursor) => {
                 Problem::bad_request("invalid-cursor", detail)
             }
+            ApiError::InvalidPage(PageError::FromVersion) => {
+                Problem::bad_request("invalid-from-version", detail)
+            }
             ApiError::InvalidConsistencyToken => {
                 Problem::bad_request("invalid-consistency-token", detail)
             }

@@ -8,7 +8,7 @@ use serde::Deserialize;
 use uuid::Uuid;
 
 use crate::error::ApiError;
-use crate::pagination::PageRequest;
+use crate::pagination::{PageRequest, StreamPageRequest};
 
 pub const CONSISTENCY_TOKEN: HeaderName = HeaderName::from_static("consistency-token");
 
@@ -52,6 +52,28 @@ impl<S: Send + Sync> FromRequestParts<S> for PageRequest {
             .await
             .map_err(|rejection| ApiError::InvalidQuery(rejection.body_text()))?;
         Ok(PageRequest::parse(
+            raw.limit.as_deref(),
+            raw.cursor.as_deref(),
+        )?)
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct RawStreamPage {
+    from_version: Option<String>,
+    limit: Option<String>,
+    cursor: Option<String>,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for StreamPageRequest {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let Query(raw) = Query::<RawStreamPage>::from_request_parts(parts, state)
+            .await
+            .map_err(|rejection| ApiError::InvalidQuery(rejection.body_text()))?;
+        Ok(StreamPageRequest::parse(
+            raw.from_version.as_deref(),
             raw.limit.as_deref(),
             raw.cursor.as_deref(),
         )?)

@@ -8,7 +8,7 @@
 //! - [`config`]: [`Config`], flags and environment variables.
 //! - [`routes`]: the handlers, one per route, and `/readyz`.
 //! - [`extract`]: path id, page and consistency-token extractors with problem+json rejections.
-//! - [`pagination`]: `limit` and the opaque keyset cursor; the page body.
+//! - [`pagination`]: `limit`, `from_version` and the opaque keyset cursors; the page body.
 //! - [`etag`]: `ETag` and `If-None-Match` on single-resource reads.
 //! - [`read_models`]: the SQL.
 //! - [`consistency`]: [`consistency::Watermarks`], the projector's progress as LISTENed for, and

@@ -1,4 +1,4 @@
-//! The SQL: reads of the users, posts, decisions and projector_offsets tables.
+//! The SQL: reads of the users, posts, decisions, aggregate_events and projector_offsets tables.
 //!
 //! The rows are shaped like the contract's JSON, so a row serializes straight into an answer.
 //! Nothing here writes: the projector owns every table.
@@ -8,7 +8,7 @@ use serde::Serialize;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::pagination::{Cursor, PageRequest};
+use crate::pagination::{Cursor, PageRequest, StreamCursor, StreamPageRequest};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
 pub struct User {
@@ -52,6 +52,40 @@ pub struct Decision {
     pub version: Option<i64>,
 }
 
+/// One applied event of a stream, as `GET /v1/streams/{id}/events` lists it.
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
+pub struct StreamEvent {
+    pub event_id: Uuid,
+    #[serde(rename = "type")]
+    pub event_type: String,
+    pub version: i64,
+    pub occurred_at: DateTime<Utc>,
+    #[sqlx(try_from = "String")]
+    pub data: EventData,
+}
+
+impl StreamEvent {
+    pub fn cursor(&self) -> StreamCursor {
+        StreamCursor {
+            version: self.version,
+        }
+    }
+}
+
+/// An event's payload. Stored as jsonb, read as its text (sqlx's json support is not compiled
+/// in) and answered as the JSON it is.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(transparent)]
+pub struct EventData(pub serde_json::Value);
+
+impl TryFrom<String> for EventData {
+    type Error = serde_json::Error;
+
+    fn try_from(text: String) -> Result<Self, Self::Error> {
+        serde_json::from_str(&text).map(EventData)
+    }
+}
+
 const USER: &str = "SELECT id, display_name, bio, post_count, version, created_at, updated_at \
      FROM users WHERE id = $1 AND deleted_at IS NULL";
 
@@ -79,6 +113,13 @@ const BY_AUTHOR_AFTER: &str = "SELECT id, author_id, title, body, version, creat
      FROM posts WHERE author_id = $1 AND deleted_at IS NULL AND NOT author_deleted \
      AND (created_at, id) < ($3, $4) \
      ORDER BY created_at DESC, id DESC LIMIT $2";
+
+const STREAM: &str = "SELECT event_id, event_type, version, occurred_at, data::text AS data \
+     FROM aggregate_events WHERE aggregate_id = $1 AND version >= $2 \
+     ORDER BY version LIMIT $3";
+
+const STREAM_EXISTS: &str =
+    "SELECT EXISTS (SELECT 1 FROM aggregate_events WHERE aggregate_id = $1)";
 
 const DECISION: &str =
     "SELECT command_id, status, reason, aggregate_id, version FROM decisions WHERE command_id = $1";
@@ -166,6 +207,29 @@ impl ReadModels {
                     .await
             }
         }
+    }
+
+    /// Applied events of one aggregate from `page.start_version` on, in version order: up to
+    /// `page.rows_to_fetch()` rows.
+    pub async fn stream(
+        &self,
+        aggregate_id: Uuid,
+        page: &StreamPageRequest,
+    ) -> Result<Vec<StreamEvent>, sqlx::Error> {
+        sqlx::query_as(STREAM)
+            .bind(aggregate_id)
+            .bind(page.start_version)
+            .bind(page.rows_to_fetch())
+            .fetch_all(&self.pool)
+            .await
+    }
+
+    /// True once any event of the aggregate was applied, deleted or not.
+    pub async fn stream_exists(&self, aggregate_id: Uuid) -> Result<bool, sqlx::Error> {
+        sqlx::query_scalar(STREAM_EXISTS)
+            .bind(aggregate_id)
+            .fetch_one(&self.pool)
+            .await
     }
 
     pub async fn decision(&self, command_id: Uuid) -> Result<Option<Decision>, sqlx::Error> {

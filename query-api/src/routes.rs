@@ -12,8 +12,8 @@ use crate::AppState;
 use crate::error::ApiError;
 use crate::etag::versioned;
 use crate::extract::{PathId, ReadAfter};
-use crate::pagination::{Page, PageRequest};
-use crate::read_models::{Decision, Post};
+use crate::pagination::{Page, PageRequest, StreamPageRequest};
+use crate::read_models::{Decision, Post, StreamEvent};
 
 /// How long `/readyz` gives PostgreSQL to answer `SELECT 1`.
 const READY_TIMEOUT: Duration = Duration::from_secs(1);
@@ -25,6 +25,7 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/posts", get(list_posts))
         .route("/v1/posts/{post_id}", get(get_post))
         .route("/v1/commands/{command_id}", get(get_command))
+        .route("/v1/streams/{aggregate_id}/events", get(list_stream_events))
         .route("/readyz", get(readyz))
 }
 
@@ -69,7 +70,9 @@ async fn list_user_posts(
         return Err(ApiError::NotFound("user"));
     }
     let rows = state.read_models.posts_by_author(user_id, &page).await?;
-    Ok(Json(Page::from_rows(rows, &page, Post::cursor)))
+    Ok(Json(Page::from_rows(rows, page.limit, |post| {
+        post.cursor().encode()
+    })))
 }
 
 async fn list_posts(
@@ -79,7 +82,9 @@ async fn list_posts(
 ) -> Result<Json<Page<Post>>, ApiError> {
     state.read_after(token).await?;
     let rows = state.read_models.feed(&page).await?;
-    Ok(Json(Page::from_rows(rows, &page, Post::cursor)))
+    Ok(Json(Page::from_rows(rows, page.limit, |post| {
+        post.cursor().encode()
+    })))
 }
 
 async fn get_command(
@@ -94,6 +99,25 @@ async fn get_command(
         .await?
         .ok_or(ApiError::NotFound("command"))?;
     Ok(Json(decision))
+}
+
+/// A stream is history: a deleted user's or post's stream is still served, ending with the
+/// deletion. Only an aggregate with no applied event at all is not found.
+async fn list_stream_events(
+    State(state): State<AppState>,
+    PathId(aggregate_id): PathId,
+    page: StreamPageRequest,
+    ReadAfter(token): ReadAfter,
+) -> Result<Json<Page<StreamEvent>>, ApiError> {
+    state.read_after(token).await?;
+    let rows = state.read_models.stream(aggregate_id, &page).await?;
+    // An empty page past the end of a stream that exists is a page, not a 404.
+    if rows.is_empty() && !state.read_models.stream_exists(aggregate_id).await? {
+        return Err(ApiError::NotFound("stream"));
+    }
+    Ok(Json(Page::from_rows(rows, page.limit, |event| {
+        event.cursor().encode()
+    })))
 }
 
 async fn readyz(State(state): State<AppState>) -> Result<&'static str, ApiError> {

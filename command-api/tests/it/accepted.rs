@@ -1,7 +1,8 @@
 //! The 202 answers of the six writes, and the events they put in the topic.
 
 use events::{
-    Event, Idempotency, PostEdited, PostPublished, UserProfileUpdated, UserRegistered, headers,
+    Event, Idempotency, PostEdited, PostFormat, PostPublished, UserProfileUpdated, UserRegistered,
+    headers,
 };
 use reqwest::{Method, StatusCode};
 use serde_json::json;
@@ -28,11 +29,9 @@ async fn write_and_check(app: &TestApp, req: Req) -> (Answer, Accepted, crate::h
         Some(record.envelope.type_name())
     );
     assert_eq!(
-        record
-            .headers
-            .get(headers::SCHEMA_VERSION)
-            .map(String::as_str),
-        Some("1")
+        record.headers.get(headers::SCHEMA_VERSION),
+        Some(&record.raw["schema_version"].to_string()),
+        "the header repeats the payload's schema version"
     );
     assert_eq!(
         record
@@ -126,8 +125,14 @@ async fn each_of_the_six_writes_appends_its_event_and_answers_202() {
         record.envelope.event,
         Event::PostPublished(PostPublished {
             title: "Hello".into(),
-            body: "First post 🦀".into()
+            body: "First post 🦀".into(),
+            format: PostFormat::Plain,
         })
+    );
+    assert_eq!(
+        (&record.raw["schema_version"], &record.raw["data"]["format"]),
+        (&json!(2), &json!("plain")),
+        "posts are written as post.published v2, plain: contract v1 has no format field"
     );
     assert_eq!(
         record.envelope.idempotency,

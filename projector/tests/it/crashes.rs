@@ -112,6 +112,15 @@ async fn assert_matches_the_log(stack: &Stack, accepted: &[Accepted]) {
         accepted.len(),
         "every accepted command decided exactly once"
     );
+    let applied = live["decisions"]
+        .iter()
+        .filter(|d| d.contains(r#""status":"applied""#))
+        .count();
+    assert_eq!(
+        live["aggregate_events"].len(),
+        applied,
+        "one history row per applied command, none for rejections"
+    );
     let replayed = replay_snapshot(&stack.brokers, &stack.topic).await;
     for (table, rows) in &replayed {
         assert_eq!(

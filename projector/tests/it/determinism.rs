@@ -11,7 +11,8 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Duration, Utc};
 use events::{
-    Envelope, Event, Idempotency, PostEdited, PostPublished, UserProfileUpdated, UserRegistered,
+    Envelope, Event, Idempotency, PostEdited, PostFormat, PostPublished, UserProfileUpdated,
+    UserRegistered,
 };
 use projector::store::{Claim, Record, Store};
 use proptest::prelude::*;
@@ -142,6 +143,7 @@ fn log_of(ops: &[Op]) -> Vec<Record> {
                 Event::PostPublished(PostPublished {
                     title: format!("post {i}"),
                     body: "body".into(),
+                    format: PostFormat::Plain,
                 }),
             ),
             Op::EditPost { u, p, if_match } => base(

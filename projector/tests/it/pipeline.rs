@@ -383,3 +383,151 @@ async fn a_projector_started_before_the_topic_exists_picks_it_up() {
         .expect("read");
     assert_eq!(response.status(), StatusCode::OK);
 }
+
+/// The items of an aggregate's stream, read with `token`, after checking it is one full page.
+async fn stream(stack: &Stack, aggregate_id: &str, token: &str) -> Vec<serde_json::Value> {
+    let (status, page) = stack
+        .read(
+            &format!("/v1/streams/{aggregate_id}/events?limit=100"),
+            Some(token),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert_eq!(page["next_cursor"], serde_json::Value::Null);
+    page["items"].as_array().expect("items").clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_hold_exactly_the_applied_events_with_their_data() {
+    let stack = Stack::start().await;
+    let user = stack
+        .write(
+            Method::POST,
+            "/v1/users",
+            Some(json!({"display_name": "Ada", "bio": "math"})),
+            &[],
+        )
+        .await;
+    let uid = user.aggregate_id.clone();
+    let user_path = format!("/v1/users/{uid}");
+    let renamed = stack
+        .write(
+            Method::PATCH,
+            &user_path,
+            Some(json!({"display_name": "Ada L."})),
+            &[("If-Match", "\"1\"")],
+        )
+        .await;
+    let stale = stack
+        .write(
+            Method::PATCH,
+            &user_path,
+            Some(json!({"bio": "late"})),
+            &[("If-Match", "\"1\"")],
+        )
+        .await;
+    let post = stack.publish(&uid, "first").await;
+    let post_path = format!("/v1/users/{uid}/posts/{}", post.aggregate_id);
+    let edited = stack
+        .write(
+            Method::PATCH,
+            &post_path,
+            Some(json!({"title": "edited"})),
+            &[("If-Match", "\"1\"")],
+        )
+        .await;
+    let stale_edit = stack
+        .write(
+            Method::PATCH,
+            &post_path,
+            Some(json!({"body": "late"})),
+            &[("If-Match", "\"1\"")],
+        )
+        .await;
+    let post_deleted = stack.write(Method::DELETE, &post_path, None, &[]).await;
+    let user_deleted = stack.write(Method::DELETE, &user_path, None, &[]).await;
+    for rejected in [&stale, &stale_edit] {
+        assert_eq!(stack.decision(rejected).await["reason"], "version_conflict");
+    }
+    // A user's events and their posts' share one partition: the last write's token covers all.
+    let token = &user_deleted.token;
+
+    let events = stream(&stack, &uid, token).await;
+    let shape: Vec<(&str, i64)> = events
+        .iter()
+        .map(|e| {
+            (
+                e["type"].as_str().expect("type"),
+                e["version"].as_i64().expect("version"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        shape,
+        [
+            ("user.registered", 1),
+            ("user.profile_updated", 2),
+            ("user.deleted", 3)
+        ],
+        "the rejected update is not history, and posts have streams of their own"
+    );
+    assert_eq!(
+        events[0]["data"],
+        json!({"display_name": "Ada", "bio": "math"})
+    );
+    assert_eq!(events[1]["data"], json!({"display_name": "Ada L."}));
+    assert_eq!(events[2]["data"], json!({}));
+    for (event, accepted) in events.iter().zip([&user, &renamed, &user_deleted]) {
+        let decision = stack.decision(accepted).await;
+        assert_eq!(decision["status"], "applied");
+        assert_eq!(event["version"], decision["version"]);
+    }
+
+    let events = stream(&stack, &post.aggregate_id, token).await;
+    let shape: Vec<(&str, i64)> = events
+        .iter()
+        .map(|e| {
+            (
+                e["type"].as_str().expect("type"),
+                e["version"].as_i64().expect("version"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        shape,
+        [
+            ("post.published", 1),
+            ("post.edited", 2),
+            ("post.deleted", 3)
+        ]
+    );
+    assert_eq!(events[0]["data"]["title"], "first");
+    assert_eq!(events[0]["data"]["body"], "body of first");
+    assert_eq!(events[1]["data"], json!({"title": "edited"}));
+    assert_eq!(events[2]["data"], json!({}));
+    for (event, accepted) in events.iter().zip([&post, &edited, &post_deleted]) {
+        assert_eq!(event["version"], stack.decision(accepted).await["version"]);
+    }
+
+    let mut event_ids: Vec<&str> = events
+        .iter()
+        .filter_map(|e| e["event_id"].as_str())
+        .collect();
+    event_ids.sort_unstable();
+    event_ids.dedup();
+    assert_eq!(event_ids.len(), 3, "every event has an id of its own");
+    for event in &events {
+        let occurred_at = event["occurred_at"].as_str().expect("occurred_at");
+        assert!(
+            chrono::DateTime::parse_from_rfc3339(occurred_at).is_ok() && occurred_at.ends_with('Z'),
+            "{occurred_at}"
+        );
+    }
+    let (status, _) = stack
+        .read(
+            &format!("/v1/streams/{}/events", uuid::Uuid::now_v7()),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}

@@ -375,8 +375,8 @@ pub fn end_offsets(brokers: &str, topic: &str) -> BTreeMap<i32, i64> {
         .collect()
 }
 
-/// Every row of the read models and decisions, as text, in a stable order: two databases
-/// projected from the same log must give equal snapshots. Wall-clock columns are left out.
+/// Every row of the read models, event history and decisions, as text, in a stable order: two
+/// databases projected from the same log must give equal snapshots. Wall-clock columns are left out.
 pub async fn snapshot(database_url: &str) -> BTreeMap<&'static str, Vec<String>> {
     let pool = sqlx::PgPool::connect(database_url).await.expect("connect");
     let queries = [
@@ -388,6 +388,10 @@ pub async fn snapshot(database_url: &str) -> BTreeMap<&'static str, Vec<String>>
                     kafka_partition, kafka_offset FROM decisions ORDER BY command_id) t",
         ),
         ("idempotency_keys", "SELECT row_to_json(t)::text FROM (SELECT * FROM idempotency_keys ORDER BY scope, key) t"),
+        (
+            "aggregate_events",
+            "SELECT row_to_json(t)::text FROM (SELECT * FROM aggregate_events ORDER BY aggregate_id, version) t",
+        ),
         (
             "dead_letters",
             "SELECT row_to_json(t)::text FROM (SELECT topic, partition, kafka_offset, record_key, payload, error

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use chrono::Utc;
-use events::{Envelope, Event, PostPublished, UserRegistered};
+use events::{Envelope, Event, PostFormat, PostPublished, UserRegistered};
 use projector::store::{Claim, Record, Store};
 use test_support::TestDb;
 use uuid::Uuid;
@@ -50,6 +50,7 @@ fn published(user: Uuid, post: Uuid) -> Envelope {
         Event::PostPublished(PostPublished {
             title: "t".into(),
             body: "b".into(),
+            format: PostFormat::Plain,
         }),
     )
 }
@@ -156,6 +157,11 @@ async fn an_event_that_fails_to_apply_is_dead_lettered_and_the_rest_of_the_batch
         0,
         "and leaves nothing behind"
     );
+    assert_eq!(
+        count(&store, "SELECT count(*) FROM aggregate_events").await,
+        0,
+        "not even history"
+    );
 
     let outcome = store
         .commit_batch(&batch, &BTreeMap::from([(0, claim)]), true)
@@ -169,6 +175,19 @@ async fn an_event_that_fails_to_apply_is_dead_lettered_and_the_rest_of_the_batch
         .await
         .expect("dead letter at offset 3");
     assert!(error.starts_with("apply failed"), "{error}");
+    assert_eq!(
+        count(&store, "SELECT count(*) FROM aggregate_events").await,
+        4,
+        "the dead-lettered event left no history"
+    );
+    assert_eq!(
+        count(
+            &store,
+            "SELECT count(*) FROM aggregate_events WHERE kafka_offset = 3"
+        )
+        .await,
+        0
+    );
     assert_eq!(
         count(
             &store,

@@ -129,6 +129,46 @@ async fn a_waiting_read_is_released_by_the_projectors_notification() {
 }
 
 #[tokio::test]
+async fn a_stream_read_with_a_token_waits_for_the_event_it_names() {
+    let f = fixture().await;
+    let app = spawn_loaded(&f, LONG_WAIT).await;
+    let post_id = Uuid::now_v7();
+    let read = {
+        let (client, url) = (
+            test_support::http(),
+            format!("{}/v1/streams/{post_id}/events", app.address),
+        );
+        tokio::spawn(async move {
+            client
+                .get(url)
+                .header("consistency-token", "v1.0.5")
+                .send()
+                .await
+        })
+    };
+    wait_until_waiting(&app, 1.0).await;
+
+    // What the projector's batch does: the event, then the offset past it and the notification.
+    seed::event(
+        &f.pool,
+        post_id,
+        1,
+        "post.published",
+        serde_json::json!({"title": "t", "body": "b"}),
+        seed::at(1),
+    )
+    .await;
+    seed::advance_and_notify(&f.pool, &f.topic, 0, 6).await;
+
+    let response = read.await.expect("request task").expect("response");
+    let (_, body) = json_ok(response).await;
+    assert_eq!(body["items"][0]["type"], "post.published", "{body}");
+    assert_eq!(body["items"][0]["version"], 1);
+    assert_eq!(app.metric(&outcome("woken")).await, Some(1.0));
+    f.db.drop_database().await;
+}
+
+#[tokio::test]
 async fn a_token_for_a_partition_without_progress_waits_for_its_first_batch() {
     let f = fixture().await;
     let app = spawn_app(&f.db.url, &f.topic, LONG_WAIT).await;
@@ -194,6 +234,7 @@ async fn a_token_never_covered_times_out_with_503() {
         f.user_path.clone(),
         "/v1/posts".to_owned(),
         format!("/v1/commands/{}", Uuid::now_v7()),
+        format!("/v1/streams/{}/events", Uuid::now_v7()),
     ] {
         let response = app
             .get_with(&path, &[("consistency-token", "v1.0.5")])
@@ -204,7 +245,7 @@ async fn a_token_never_covered_times_out_with_503() {
             "{path}"
         );
     }
-    assert_eq!(app.metric(&outcome("timeout")).await, Some(3.0));
+    assert_eq!(app.metric(&outcome("timeout")).await, Some(4.0));
     assert_eq!(app.metric(WAITING).await, Some(0.0));
     f.db.drop_database().await;
 }
@@ -232,6 +273,15 @@ async fn every_read_route_takes_a_token() {
     let app = spawn_app(&f.db.url, &f.topic, SHORT_WAIT).await;
     let user_id = f.user_path.trim_start_matches("/v1/users/").to_owned();
     let post_id = seed::post(&f.pool, user_id.parse().expect("uuid"), "p", seed::at(1)).await;
+    seed::event(
+        &f.pool,
+        post_id,
+        1,
+        "post.published",
+        serde_json::json!({"title": "p", "body": "b"}),
+        seed::at(1),
+    )
+    .await;
 
     for path in [
         f.user_path.clone(),
@@ -239,6 +289,7 @@ async fn every_read_route_takes_a_token() {
         "/v1/posts".to_owned(),
         format!("/v1/posts/{post_id}"),
         format!("/v1/commands/{command_id}"),
+        format!("/v1/streams/{post_id}/events"),
     ] {
         json_ok(
             app.get_with(&path, &[("consistency-token", "v1.0.4")])
@@ -267,6 +318,7 @@ async fn malformed_tokens_are_bad_requests() {
             f.user_path.clone(),
             "/v1/posts".to_owned(),
             format!("/v1/commands/{}", Uuid::now_v7()),
+            format!("/v1/streams/{}/events", Uuid::now_v7()),
         ] {
             let response = app.get_with(&path, &[("consistency-token", token)]).await;
             assert_eq!(

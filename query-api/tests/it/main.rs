@@ -11,3 +11,4 @@ mod outage;
 mod pagination;
 mod reads;
 mod seed;
+mod streams;

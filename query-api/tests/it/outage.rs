@@ -36,6 +36,7 @@ async fn reads_answer_503_while_postgres_is_down_and_recover_without_a_restart()
         user_path.clone(),
         "/v1/posts".to_owned(),
         format!("/v1/users/{user_id}/posts"),
+        format!("/v1/streams/{user_id}/events"),
     ] {
         assert_eq!(
             problem(app.get(&path).await, 503).await,

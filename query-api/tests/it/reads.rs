@@ -163,6 +163,7 @@ async fn unknown_and_deleted_resources_are_not_found() {
         format!("/v1/posts/{deleted_post}"),
         format!("/v1/posts/{orphaned_post}"),
         format!("/v1/commands/{unknown}"),
+        format!("/v1/streams/{unknown}/events"),
         "/v1/no-such-route".to_owned(),
     ] {
         let kind = problem(app.get(&path).await, 404).await;
@@ -189,6 +190,7 @@ async fn ids_that_are_not_hyphenated_uuids_are_bad_requests() {
             format!("/v1/users/{bad}/posts"),
             format!("/v1/posts/{bad}"),
             format!("/v1/commands/{bad}"),
+            format!("/v1/streams/{bad}/events"),
         ] {
             let kind = problem(app.get(&path).await, 400).await;
             assert_eq!(kind, "/problems/invalid-id", "{path}");
@@ -259,6 +261,7 @@ async fn reads_before_the_schema_exists_are_unavailable() {
         format!("/v1/posts/{}", Uuid::now_v7()),
         "/v1/posts".to_owned(),
         format!("/v1/commands/{}", Uuid::now_v7()),
+        format!("/v1/streams/{}/events", Uuid::now_v7()),
     ] {
         let kind = problem(app.get(&path).await, 503).await;
         assert_eq!(kind, "/problems/unavailable", "{path}");

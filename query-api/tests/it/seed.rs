@@ -204,3 +204,31 @@ pub async fn advance_and_notify(pool: &PgPool, topic: &str, partition: i32, next
         .expect("notify");
     tx.commit().await.expect("commit");
 }
+
+/// One applied event in an aggregate's stream, as the projector records it; returns its event id.
+pub async fn event(
+    pool: &PgPool,
+    aggregate_id: Uuid,
+    version: i64,
+    event_type: &str,
+    data: serde_json::Value,
+    occurred_at: DateTime<Utc>,
+) -> Uuid {
+    let event_id = Uuid::now_v7();
+    let aggregate_type = event_type.split('.').next().unwrap_or_default();
+    sqlx::query(
+        "INSERT INTO aggregate_events (aggregate_id, version, event_id, event_type, aggregate_type, \
+         occurred_at, data, kafka_partition, kafka_offset) VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, 0, $2)",
+    )
+    .bind(aggregate_id)
+    .bind(version)
+    .bind(event_id)
+    .bind(event_type)
+    .bind(aggregate_type)
+    .bind(occurred_at)
+    .bind(data.to_string())
+    .execute(pool)
+    .await
+    .expect("insert event");
+    event_id
+}
