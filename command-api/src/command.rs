@@ -231,7 +231,12 @@ const TITLE: Length = Length::Chars { min: 1, max: 200 };
 const POST_BODY: Length = Length::Bytes { min: 1, max: 16384 };
 
 impl Length {
+    /// Checks a string field's length, and that it holds no NUL: PostgreSQL text cannot store
+    /// U+0000, so such a write would be accepted here and never be decided.
     fn check(self, value: &str) -> Result<(), String> {
+        if value.contains('\0') {
+            return Err("must not contain the NUL character (U+0000)".to_owned());
+        }
         let (len, min, max, unit) = match self {
             Length::Chars { min, max } => (value.chars().count(), min, max, "characters"),
             Length::Bytes { min, max } => (value.len(), min, max, "bytes (UTF-8)"),
@@ -428,6 +433,23 @@ mod tests {
             ["format"],
             "contract v1 has no format field"
         );
+    }
+
+    #[test]
+    fn strings_with_a_nul_character_are_refused() {
+        let nul = "a\u{0}b";
+        let cases = [
+            register_user(json!({"display_name": nul})),
+            register_user(json!({"display_name": "ok", "bio": nul})),
+            publish_post(json!({"title": nul, "body": "b"})),
+            publish_post(json!({"title": "t", "body": nul})),
+            edit_post(json!({"body": nul})),
+            update_profile(json!({"display_name": nul})),
+        ];
+        for result in cases {
+            let fields = fields_of(result);
+            assert_eq!(fields.len(), 1, "{fields:?}");
+        }
     }
 
     #[test]
