@@ -9,6 +9,7 @@
 //! - `TEST_DATABASE_URL`: an admin connection to the shared server (default
 //!   `postgres://postgres@127.0.0.1:5432/postgres`); each test gets `CREATE DATABASE` of its own.
 //! - `KAFKA_BROKERS`: the shared broker (default `127.0.0.1:9092`); each test gets its own topic.
+//! - `TEST_DATABASE_PREFIX`: how the names of the tests' databases start (default `test_`).
 //! - `TANSU_BIN`: the broker binary for [`OwnBroker`].
 //! - `PG_BIN_DIR`: PostgreSQL's server binaries for [`OwnPostgres`] (default: the newest under
 //!   `/usr/lib/postgresql`).
@@ -71,7 +72,9 @@ impl TestDb {
 
     /// Creates an empty database on the server `admin_url` points at.
     pub async fn create_on(admin_url: &str) -> TestDb {
-        let name = format!("test_{}", Uuid::new_v4().simple());
+        // `./dev test` sets a prefix per run, and drops that run's databases at its end.
+        let prefix = env_or("TEST_DATABASE_PREFIX", "test_");
+        let name = format!("{prefix}{}", Uuid::new_v4().simple());
         let mut admin = PgConnection::connect(admin_url)
             .await
             .expect("connect to PostgreSQL");
