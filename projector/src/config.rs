@@ -2,23 +2,38 @@
 
 use std::net::SocketAddr;
 
-use clap::Parser;
+use clap::{Args, Parser, Subcommand};
 pub use service_kit::telemetry::LogFormat;
 
 /// Decides the events of the log in order and materializes them into PostgreSQL.
+///
+/// Without a subcommand it runs the projector; `projector verify` checks the read model instead.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "projector", version)]
 pub struct Config {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     /// Address for /healthz, /readyz and /metrics.
     #[arg(long, env = "PROJECTOR_ADDR", default_value = "127.0.0.1:8082")]
     pub addr: SocketAddr,
 
     /// Kafka bootstrap servers, comma-separated.
-    #[arg(long, env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+    #[arg(
+        long,
+        global = true,
+        env = "KAFKA_BROKERS",
+        default_value = "127.0.0.1:9092"
+    )]
     pub kafka_brokers: String,
 
     /// The event topic.
-    #[arg(long, env = "KAFKA_TOPIC", default_value = "user-data-events")]
+    #[arg(
+        long,
+        global = true,
+        env = "KAFKA_TOPIC",
+        default_value = "user-data-events"
+    )]
     pub kafka_topic: String,
 
     /// The consumer group shared by all projector instances.
@@ -32,6 +47,7 @@ pub struct Config {
     /// PostgreSQL holding the read models.
     #[arg(
         long,
+        global = true,
         env = "DATABASE_URL",
         default_value = "postgres://postgres@127.0.0.1:5432/userdata"
     )]
@@ -50,8 +66,38 @@ pub struct Config {
     pub instance_id: Option<String>,
 
     /// Log format: text or json.
-    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    #[arg(long, global = true, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+}
+
+/// What to do instead of running the projector.
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Checks that the live read model is exactly what the log says: exit 0 identical, 1 rows
+    /// differ, 2 could not verify.
+    ///
+    /// Projects the whole log again into a scratch schema of the same database and compares it,
+    /// table by table, with the live read model at the same offsets; then drops the scratch
+    /// schema. Holds the live projector's commits only for the last, short catch-up. Prints the
+    /// report on stdout (logs go to stderr). Exit status: 0 when identical, 1 when rows differ
+    /// (they are printed), 2 when it could not verify.
+    Verify(VerifyArgs),
+}
+
+/// Flags of `projector verify`; the database, broker and topic are the projector's own.
+#[derive(Debug, Clone, Args)]
+pub struct VerifyArgs {
+    /// Most events projected into the scratch schema in one transaction.
+    #[arg(long = "batch-size", env = "VERIFY_BATCH_SIZE", default_value_t = 5000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub batch_size: u32,
+
+    /// Leave the scratch schema (verify_...) in place for inspection instead of dropping it.
+    #[arg(long, env = "VERIFY_KEEP_SCRATCH")]
+    pub keep_scratch: bool,
+
+    /// Most differing rows shown per table and direction.
+    #[arg(long, env = "VERIFY_MAX_DIFF_ROWS", default_value_t = 20)]
+    pub max_diff_rows: u32,
 }
 
 impl Config {

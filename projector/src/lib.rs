@@ -13,6 +13,8 @@
 //! - [`consumer`]: the Kafka consumer loop on its own thread, and the rebalance callback that
 //!   claims partitions and resumes from the stored offsets.
 //! - [`config`]: flags and environment variables.
+//! - [`verify`]: `projector verify`, which projects the log again into a scratch schema and
+//!   compares it with the live read model at the same offsets.
 //!
 //! Over HTTP it serves only `/healthz`, `/readyz` and `/metrics`.
 
@@ -20,6 +22,7 @@ pub mod config;
 pub mod consumer;
 pub mod decide;
 pub mod store;
+pub mod verify;
 
 use std::future::Future;
 use std::net::SocketAddr;

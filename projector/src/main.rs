@@ -1,11 +1,22 @@
+use std::process::ExitCode;
+
 use clap::Parser;
-use projector::{Application, Config};
+use projector::config::Command;
+use projector::{Application, Config, verify};
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> anyhow::Result<ExitCode> {
     let config = Config::parse();
     service_kit::telemetry::init(config.log_format);
-    let app = Application::build(config).await?;
-    tracing::info!(addr = %app.local_addr()?, "projector listening");
-    app.run(service_kit::shutdown::signal()).await
+    match &config.command {
+        Some(Command::Verify(args)) => {
+            Ok(verify::run(&config, args, service_kit::shutdown::signal()).await)
+        }
+        None => {
+            let app = Application::build(config).await?;
+            tracing::info!(addr = %app.local_addr()?, "projector listening");
+            app.run(service_kit::shutdown::signal()).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
 }

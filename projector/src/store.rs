@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use events::progress::ProgressNotice;
 use events::{Envelope, Event};
-use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{PgConnection, Row};
 use uuid::Uuid;
 
@@ -94,19 +94,55 @@ pub fn is_transient(e: &sqlx::Error) -> bool {
 pub struct Store {
     pool: PgPool,
     topic: String,
+    /// Whether a committed batch tells the query API (see [`events::progress`]). Only the live
+    /// read model may: a reader would take any other store's progress for the live one's.
+    notify_progress: bool,
 }
 
 impl Store {
     /// A lazy pool: the projector starts while PostgreSQL is down and connects when it returns.
     pub fn connect_lazy(url: &str, topic: &str, pool_size: u32) -> anyhow::Result<Store> {
+        Ok(Self::connect_lazy_with(url.parse()?, topic, pool_size))
+    }
+
+    /// A store whose tables live in `schema` of the database at `url` instead of `public`: the
+    /// connections' `search_path` is that schema alone, so the migrations and every statement
+    /// here, which name tables unqualified, create and use that schema's tables unchanged. The
+    /// schema must exist. For a generation other than the live one (such as `verify`'s scratch
+    /// copy), which should also be built [`without_progress_notices`](Store::without_progress_notices).
+    pub fn connect_lazy_in_schema(
+        url: &str,
+        schema: &str,
+        topic: &str,
+        pool_size: u32,
+    ) -> anyhow::Result<Store> {
+        anyhow::ensure!(
+            is_plain_identifier(schema),
+            "schema name {schema:?} must be lower-case letters, digits and underscores"
+        );
+        let options = url
+            .parse::<PgConnectOptions>()?
+            .options([("search_path", schema)]);
+        Ok(Self::connect_lazy_with(options, topic, pool_size))
+    }
+
+    fn connect_lazy_with(options: PgConnectOptions, topic: &str, pool_size: u32) -> Store {
         let pool = PgPoolOptions::new()
             .max_connections(pool_size)
             .acquire_timeout(Duration::from_secs(5))
-            .connect_lazy(url)?;
-        Ok(Store {
+            .connect_lazy_with(options);
+        Store {
             pool,
             topic: topic.to_owned(),
-        })
+            notify_progress: true,
+        }
+    }
+
+    /// The same store, but its batches send no progress notice: for read models the query API
+    /// does not serve.
+    pub fn without_progress_notices(mut self) -> Store {
+        self.notify_progress = false;
+        self
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -228,7 +264,7 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         }
-        if !outcome.committed.is_empty() {
+        if self.notify_progress && !outcome.committed.is_empty() {
             // Delivered on commit, never for a rolled-back batch.
             let notice = ProgressNotice {
                 topic: self.topic.clone(),
@@ -330,6 +366,17 @@ impl Store {
         .await?;
         Ok(())
     }
+}
+
+/// A name that needs no quoting in SQL, so it can go into `search_path` and statements as is.
+pub fn is_plain_identifier(name: &str) -> bool {
+    name.chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && name.len() <= 63
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
 }
 
 /// Reads what [`decide`] needs, in one round trip. All of it belongs to the event's partition.

@@ -9,7 +9,7 @@ use projector::store::{Claim, Record, Store};
 use test_support::TestDb;
 use uuid::Uuid;
 
-fn record(partition: i32, offset: i64, envelope: &Envelope) -> Record {
+pub fn record(partition: i32, offset: i64, envelope: &Envelope) -> Record {
     Record {
         partition,
         offset,
@@ -32,7 +32,7 @@ fn envelope(user: Uuid, aggregate_id: Uuid, event: Event) -> Envelope {
     }
 }
 
-fn registered(user: Uuid) -> Envelope {
+pub fn registered(user: Uuid) -> Envelope {
     envelope(
         user,
         user,

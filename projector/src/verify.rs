@@ -1,0 +1,854 @@
+//! `projector verify`: proves that the live read model is exactly what the log says.
+//!
+//! The procedure:
+//!
+//! 1. A *scratch generation*: a schema `verify_<random>` in the same database, and a second
+//!    [`Store`] whose connections put only that schema on their `search_path`. The unchanged
+//!    migrations create every table there, and the unchanged batch transaction fills them: the
+//!    same code decides as in the live run. The scratch store sends no progress notices, which
+//!    the query API would take for the live read model's progress.
+//! 2. The log, read by a consumer of its own: no group membership (partitions are assigned by
+//!    hand, from offset 0) and no commits, so the live projector's group never notices it.
+//! 3. Catch-up without holding anything: the live read model's offsets (`public.projector_offsets`)
+//!    are read, and the scratch generation is projected up to them in large batches; again, a
+//!    few times, while the live projector keeps moving on.
+//! 4. One consistent point: in a transaction on a connection of its own, verify takes
+//!    `LOCK TABLE public.projector_offsets IN SHARE MODE`. Every live batch ends by updating that
+//!    table (and a claim writes it), so from then on no live batch commits and the committed
+//!    live read model holds still at the offsets read under the lock. The scratch generation is
+//!    projected up to exactly those offsets; then a `REPEATABLE READ` transaction takes its
+//!    snapshot, which sees both generations at the same offsets (checked), and the lock is
+//!    released. The live projector waited only for the last catch-up; the comparison runs in the
+//!    snapshot while the live projector goes on.
+//! 5. The comparison, table by table (every read-model table, the decisions, the idempotency
+//!    keys, the event history, the dead letters): SQL multiset differences both ways
+//!    (`EXCEPT ALL`), over every column except the wall-clock times of the projection itself
+//!    (`decisions.decided_at`, `dead_letters.recorded_at`). A table the migrations add that is not
+//!    listed here fails verification rather than going unchecked.
+//! 6. The scratch schema is dropped, on failure too, unless asked to keep it.
+//!
+//! Why it is sound: a projection is a function of the log prefix it has consumed (the projector
+//! decides from the partition's own state only; the property test in `tests/it/determinism.rs`
+//! checks that batch boundaries and takeovers do not matter), and both sides are compared at the
+//! same prefix of every partition. So any difference is a row the live read model holds that the
+//! log does not justify, or the other way round.
+//!
+//! Why a table lock and not `SELECT ... FOR SHARE` on the offset rows: a partition that has no
+//! row yet (never claimed) could be claimed and committed to during the comparison; the table
+//! lock blocks that insert too. It conflicts only with writers of `projector_offsets` (batch
+//! commits and claims), never with readers such as the query API.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::fmt;
+use std::future::Future;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, anyhow, bail, ensure};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::{Offset, TopicPartitionList};
+use sqlx::postgres::PgPoolOptions;
+use sqlx::{Connection, PgConnection, PgPool, Row};
+use uuid::Uuid;
+
+use crate::config::{Config, VerifyArgs};
+use crate::store::{self, Claim, Record, Store, StoreError};
+
+/// The live generation's schema.
+const LIVE_SCHEMA: &str = "public";
+/// The scratch store's owner name in its own `projector_offsets`.
+const SCRATCH_OWNER: &str = "verify";
+/// How long reading the log may go without a record before verify gives up.
+const STALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// Bound on broker metadata requests.
+const KAFKA_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bound on waiting for a lock: the live offsets table, or the scratch schema when dropping it.
+const LOCK_TIMEOUT: &str = "30s";
+const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+/// Unlocked catch-up rounds at most: each one shortens the delta projected under the lock.
+const CATCH_UP_ROUNDS: usize = 5;
+/// Catching up stops once the live read model is at most this many events ahead: about what
+/// the live projector commits in one batch, so the lock holds it for about one batch.
+const LOCKED_DELTA: i64 = 500;
+
+/// The tables compared, with the columns left out: the wall-clock time of the projection, which
+/// no log can reproduce.
+const COMPARED: &[(&str, &[&str])] = &[
+    ("users", &[]),
+    ("posts", &[]),
+    ("decisions", &["decided_at"]),
+    ("idempotency_keys", &[]),
+    ("aggregate_events", &[]),
+    ("dead_letters", &["recorded_at"]),
+];
+/// Bookkeeping, not derived state: the position (compared separately) and sqlx's record.
+const NOT_COMPARED: &[&str] = &["projector_offsets", "_sqlx_migrations"];
+
+/// What verify found.
+#[derive(Debug, Clone)]
+pub struct VerifyReport {
+    pub topic: String,
+    /// The scratch generation's schema.
+    pub scratch_schema: String,
+    /// False when it was kept (`--keep-scratch`) or could not be dropped.
+    pub scratch_dropped: bool,
+    /// Next offset per partition: the log prefix both generations were compared at.
+    pub offsets: BTreeMap<i32, i64>,
+    /// Records projected into the scratch generation.
+    pub events_projected: u64,
+    /// How long the live projector's commits were held.
+    pub live_held_for: Duration,
+    pub tables: Vec<TableDiff>,
+}
+
+/// One table of the comparison.
+#[derive(Debug, Clone)]
+pub struct TableDiff {
+    pub table: &'static str,
+    pub live_rows: i64,
+    pub rebuilt_rows: i64,
+    /// Rows of the live read model the rebuild does not have (counted with multiplicity).
+    pub only_in_live: i64,
+    /// Rows of the rebuild the live read model does not have.
+    pub only_in_rebuild: i64,
+    /// Up to `--max-diff-rows` of them each, as JSON.
+    pub only_in_live_sample: Vec<String>,
+    pub only_in_rebuild_sample: Vec<String>,
+}
+
+impl TableDiff {
+    pub fn is_identical(&self) -> bool {
+        self.only_in_live == 0 && self.only_in_rebuild == 0
+    }
+}
+
+impl VerifyReport {
+    pub fn is_identical(&self) -> bool {
+        self.tables.iter().all(TableDiff::is_identical)
+    }
+
+    pub fn table(&self, name: &str) -> Option<&TableDiff> {
+        self.tables.iter().find(|t| t.table == name)
+    }
+}
+
+/// `projector verify`: verifies, prints the report, and says how it went as the exit status:
+/// 0 identical, 1 differences, 2 could not verify.
+pub async fn run(
+    config: &Config,
+    args: &VerifyArgs,
+    interrupted: impl Future<Output = ()>,
+) -> ExitCode {
+    match verify(config, args, interrupted).await {
+        Ok(report) => {
+            println!("{report}");
+            if report.is_identical() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "could not verify");
+            println!("could not verify: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Rebuilds the read model from the log into a scratch schema and compares it with the live one
+/// at the same offsets. An error means it could not tell; differences are in the report. Stops
+/// (cleaning up) when `interrupted` resolves.
+pub async fn verify(
+    config: &Config,
+    args: &VerifyArgs,
+    interrupted: impl Future<Output = ()>,
+) -> anyhow::Result<VerifyReport> {
+    let live = PgPoolOptions::new()
+        .max_connections(2)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect(&config.database_url)
+        .await
+        .context("cannot connect to PostgreSQL")?;
+    check_live_schema(&live).await?;
+    let bounds = log_bounds(&config.kafka_brokers, &config.kafka_topic).await?;
+
+    let schema = format!("verify_{}", &Uuid::new_v4().simple().to_string()[..12]);
+    sqlx::query(&format!("CREATE SCHEMA {schema}"))
+        .execute(&live)
+        .await
+        .context("cannot create the scratch schema")?;
+    tracing::info!(%schema, "scratch schema created");
+    let scratch =
+        Store::connect_lazy_in_schema(&config.database_url, &schema, &config.kafka_topic, 2)?
+            .without_progress_notices();
+
+    let outcome = tokio::select! {
+        outcome = rebuild_and_compare(config, args, &live, &scratch, &schema, bounds) => outcome,
+        () = interrupted => Err(anyhow!("interrupted")),
+    };
+
+    scratch.pool().close().await;
+    let scratch_dropped = if args.keep_scratch {
+        tracing::info!(%schema, "scratch schema kept (--keep-scratch)");
+        false
+    } else {
+        drop_schema(&live, &schema).await
+    };
+    live.close().await;
+    let mut report = outcome?;
+    report.scratch_dropped = scratch_dropped;
+    Ok(report)
+}
+
+async fn rebuild_and_compare(
+    config: &Config,
+    args: &VerifyArgs,
+    live: &PgPool,
+    scratch: &Store,
+    schema: &str,
+    mut bounds: BTreeMap<i32, (i64, i64)>,
+) -> anyhow::Result<VerifyReport> {
+    let topic = &config.kafka_topic;
+    scratch
+        .migrate()
+        .await
+        .context("cannot create the scratch tables")?;
+    let partitions: Vec<i32> = bounds.keys().copied().collect();
+    let claims = scratch.claim(&partitions, SCRATCH_OWNER).await?;
+    let mut rebuild = Rebuild {
+        reader: LogReader::assign(&config.kafka_brokers, topic, &partitions)?,
+        store: scratch.clone(),
+        claims,
+        batch_size: args.batch_size as usize,
+        projected: 0,
+    };
+
+    // Unlocked: most of the work, while the live projector keeps going.
+    let mut targets = offsets_of(live, LIVE_SCHEMA, topic, &partitions).await?;
+    for round in 1..=CATCH_UP_ROUNDS {
+        check_within_log(&mut bounds, &config.kafka_brokers, topic, &targets).await?;
+        tracing::info!(
+            round,
+            total = targets.values().sum::<i64>(),
+            "catching up with the live read model"
+        );
+        rebuild.project_up_to(&targets).await?;
+        let moved = offsets_of(live, LIVE_SCHEMA, topic, &partitions).await?;
+        let behind: i64 = moved
+            .iter()
+            .map(|(p, o)| o - targets.get(p).copied().unwrap_or(0))
+            .sum();
+        targets = moved;
+        if behind <= LOCKED_DELTA {
+            break;
+        }
+    }
+
+    // Locked: the live read model holds still while the scratch one catches up with it.
+    let mut lock_conn = PgConnection::connect(&config.database_url)
+        .await
+        .context("cannot connect to PostgreSQL")?;
+    let mut snapshot_conn = PgConnection::connect(&config.database_url)
+        .await
+        .context("cannot connect to PostgreSQL")?;
+    let mut lock = lock_conn.begin().await?;
+    sqlx::query(&format!("SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'"))
+        .execute(&mut *lock)
+        .await?;
+    // From the request on: while it waits, the live projector's next commit queues behind it.
+    let held_since = Instant::now();
+    sqlx::query(&format!(
+        "LOCK TABLE {LIVE_SCHEMA}.projector_offsets IN SHARE MODE"
+    ))
+    .execute(&mut *lock)
+    .await
+    .context("cannot hold the live projector (lock on projector_offsets)")?;
+    tracing::info!("live projector held");
+    let offsets = offsets_of(&mut *lock, LIVE_SCHEMA, topic, &partitions).await?;
+    check_within_log(&mut bounds, &config.kafka_brokers, topic, &offsets).await?;
+    rebuild.project_up_to(&offsets).await?;
+
+    let mut snapshot = snapshot_conn.begin().await?;
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        .execute(&mut *snapshot)
+        .await?;
+    // The snapshot's first read: it sees both generations as they are now.
+    let live_seen = offsets_of(&mut *snapshot, LIVE_SCHEMA, topic, &partitions).await?;
+    let scratch_seen = offsets_of(&mut *snapshot, schema, topic, &partitions).await?;
+    lock.commit().await?;
+    let live_held_for = held_since.elapsed();
+    tracing::info!(
+        held_ms = live_held_for.as_millis() as u64,
+        "live projector released"
+    );
+    ensure!(
+        live_seen == offsets && scratch_seen == offsets,
+        "the generations are not at the same offsets in the snapshot (live {live_seen:?}, \
+         scratch {scratch_seen:?}, expected {offsets:?})"
+    );
+
+    let started = Instant::now();
+    let tables = compare(&mut snapshot, schema, args.max_diff_rows).await?;
+    snapshot.rollback().await?;
+    tracing::info!(ms = started.elapsed().as_millis() as u64, "compared");
+    Ok(VerifyReport {
+        topic: topic.clone(),
+        scratch_schema: schema.to_owned(),
+        scratch_dropped: false,
+        offsets,
+        events_projected: rebuild.projected,
+        live_held_for,
+        tables,
+    })
+}
+
+/// Refuses a live database without the read model, or at another schema version than this
+/// binary's migrations: the comparison would show the migration, not the projection.
+async fn check_live_schema(live: &PgPool) -> anyhow::Result<()> {
+    let row = sqlx::query(&format!(
+        "SELECT to_regclass('{LIVE_SCHEMA}.projector_offsets') IS NOT NULL AS has_offsets,
+                to_regclass('{LIVE_SCHEMA}._sqlx_migrations') IS NOT NULL AS has_migrations"
+    ))
+    .fetch_one(live)
+    .await?;
+    ensure!(
+        row.try_get::<bool, _>("has_offsets")? && row.try_get::<bool, _>("has_migrations")?,
+        "the database has no read model to verify (no {LIVE_SCHEMA}.projector_offsets): run the projector first"
+    );
+    let applied: Option<i64> = sqlx::query_scalar(&format!(
+        "SELECT max(version) FROM {LIVE_SCHEMA}._sqlx_migrations WHERE success"
+    ))
+    .fetch_one(live)
+    .await?;
+    let ours = store::MIGRATOR
+        .iter()
+        .filter(|m| !m.migration_type.is_down_migration())
+        .map(|m| m.version)
+        .max();
+    ensure!(
+        applied == ours,
+        "the live read model's schema is at migration {applied:?}, this projector's at {ours:?}: \
+         verify with the projector version that runs against this database"
+    );
+    Ok(())
+}
+
+/// Each partition's (start, end) offsets in the log.
+async fn log_bounds(brokers: &str, topic: &str) -> anyhow::Result<BTreeMap<i32, (i64, i64)>> {
+    let (brokers, topic) = (brokers.to_owned(), topic.to_owned());
+    // librdkafka's metadata calls block.
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .set("group.id", throwaway_group())
+            .create()
+            .context("cannot create a Kafka client")?;
+        let metadata = consumer
+            .fetch_metadata(Some(&topic), KAFKA_TIMEOUT)
+            .context("cannot fetch the topic's metadata")?;
+        let found = metadata
+            .topics()
+            .iter()
+            .find(|t| t.name() == topic)
+            .with_context(|| format!("topic {topic:?} not found"))?;
+        if let Some(error) = found.error() {
+            bail!("topic {topic:?} is not available: {error:?}");
+        }
+        ensure!(
+            !found.partitions().is_empty(),
+            "topic {topic:?} has no partitions"
+        );
+        let mut bounds = BTreeMap::new();
+        for partition in found.partitions() {
+            let (low, high) = consumer
+                .fetch_watermarks(&topic, partition.id(), KAFKA_TIMEOUT)
+                .with_context(|| {
+                    format!("cannot fetch the offsets of partition {}", partition.id())
+                })?;
+            ensure!(
+                low == 0,
+                "partition {} of topic {topic:?} starts at offset {low}: the log no longer holds \
+                 every event, so it cannot be projected again",
+                partition.id()
+            );
+            bounds.insert(partition.id(), (low, high));
+        }
+        Ok(bounds)
+    })
+    .await?
+}
+
+/// Fails when `targets` lie past the end of the log (looking again first, as the log grows).
+async fn check_within_log(
+    bounds: &mut BTreeMap<i32, (i64, i64)>,
+    brokers: &str,
+    topic: &str,
+    targets: &BTreeMap<i32, i64>,
+) -> anyhow::Result<()> {
+    let beyond = |bounds: &BTreeMap<i32, (i64, i64)>| {
+        targets
+            .iter()
+            .find(|(p, target)| bounds.get(p).is_none_or(|(_, end)| end < target))
+            .map(|(p, t)| (*p, *t))
+    };
+    if beyond(bounds).is_none() {
+        return Ok(());
+    }
+    *bounds = log_bounds(brokers, topic).await?;
+    if let Some((partition, target)) = beyond(bounds) {
+        bail!(
+            "the read model is ahead of the log: it has projected partition {partition} of topic \
+             {topic:?} up to offset {target}, but the log ends at {:?}; it was built from another log",
+            bounds.get(&partition).map(|(_, end)| end)
+        );
+    }
+    Ok(())
+}
+
+/// Next offset per partition stored in `schema`'s `projector_offsets`, 0 for a partition with
+/// no row. A row for a partition the topic does not have is an error.
+async fn offsets_of<'c, E>(
+    executor: E,
+    schema: &str,
+    topic: &str,
+    partitions: &[i32],
+) -> anyhow::Result<BTreeMap<i32, i64>>
+where
+    E: sqlx::PgExecutor<'c>,
+{
+    let rows: Vec<(i32, i64)> = sqlx::query_as(&format!(
+        "SELECT partition, next_offset FROM {schema}.projector_offsets WHERE topic = $1"
+    ))
+    .bind(topic)
+    .fetch_all(executor)
+    .await?;
+    let mut offsets: BTreeMap<i32, i64> = partitions.iter().map(|p| (*p, 0)).collect();
+    for (partition, next_offset) in rows {
+        let Some(slot) = offsets.get_mut(&partition) else {
+            bail!(
+                "{schema}.projector_offsets has partition {partition}, which topic {topic:?} does not have"
+            );
+        };
+        *slot = next_offset;
+    }
+    Ok(offsets)
+}
+
+/// The scratch generation being projected.
+struct Rebuild {
+    reader: LogReader,
+    store: Store,
+    claims: BTreeMap<i32, Claim>,
+    batch_size: usize,
+    projected: u64,
+}
+
+impl Rebuild {
+    /// Projects every partition up to (not including) its target offset.
+    async fn project_up_to(&mut self, targets: &BTreeMap<i32, i64>) -> anyhow::Result<()> {
+        let total: i64 = targets.values().sum();
+        let started = Instant::now();
+        let projected_before = self.projected;
+        let mut logged = Instant::now();
+        loop {
+            let batch = self.reader.next_batch(targets, self.batch_size).await?;
+            if batch.is_empty() {
+                break;
+            }
+            self.commit(&batch).await?;
+            if logged.elapsed() >= PROGRESS_EVERY {
+                logged = Instant::now();
+                let done: i64 = self.claims.values().map(|c| c.next_offset).sum();
+                let rate = (self.projected - projected_before) as f64
+                    / started.elapsed().as_secs_f64().max(0.001);
+                tracing::info!(
+                    done,
+                    total,
+                    events_per_sec = rate.round() as u64,
+                    "projecting into the scratch schema"
+                );
+            }
+        }
+        for (partition, target) in targets {
+            let at = self.claims.get(partition).map_or(0, |c| c.next_offset);
+            ensure!(
+                at == *target,
+                "partition {partition} projected up to {at}, not {target}"
+            );
+        }
+        Ok(())
+    }
+
+    /// Commits one batch the way the live projector does: the fast path, then event by event if
+    /// a statement failed.
+    async fn commit(&mut self, batch: &[Record]) -> anyhow::Result<()> {
+        let mut result = self.store.commit_batch(batch, &self.claims, false).await;
+        if let Err(StoreError::Statement(e)) = &result {
+            tracing::warn!(error = %e, "scratch batch failed; retrying event by event");
+            result = self.store.commit_batch(batch, &self.claims, true).await;
+        }
+        let outcome = result.context("cannot commit to the scratch schema")?;
+        ensure!(
+            outcome.fenced.is_empty(),
+            "the scratch schema's offsets moved under verify (partitions {:?})",
+            outcome.fenced
+        );
+        for (partition, next_offset) in outcome.committed {
+            if let Some(claim) = self.claims.get_mut(&partition) {
+                claim.next_offset = next_offset;
+            }
+        }
+        self.projected += batch.len() as u64;
+        Ok(())
+    }
+}
+
+/// Reads the topic from offset 0 on every partition, without a consumer group: partitions are
+/// assigned by hand and nothing is committed. A partition is paused when it reaches its
+/// target; what was read past it is held for the next target, so nothing is read twice or lost.
+struct LogReader {
+    consumer: StreamConsumer,
+    topic: String,
+    /// Next offset to hand out, per partition.
+    position: BTreeMap<i32, i64>,
+    /// Records read but not handed out yet, in log order.
+    held: BTreeMap<i32, VecDeque<Record>>,
+    paused: BTreeSet<i32>,
+}
+
+impl LogReader {
+    fn assign(brokers: &str, topic: &str, partitions: &[i32]) -> anyhow::Result<LogReader> {
+        let consumer: StreamConsumer = ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .set("group.id", throwaway_group())
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            // Offset 0 out of range means the log lost its start: say so, never skip.
+            .set("auto.offset.reset", "error")
+            // A partition resumed under the lock is fetched now, not after the broker's long
+            // poll of the others (500 ms by default): the live projector is waiting.
+            .set("fetch.wait.max.ms", "10")
+            .create()
+            .context("cannot create a Kafka consumer")?;
+        let mut assignment = TopicPartitionList::new();
+        for partition in partitions {
+            assignment.add_partition_offset(topic, *partition, Offset::Offset(0))?;
+        }
+        consumer
+            .assign(&assignment)
+            .context("cannot assign the topic's partitions")?;
+        Ok(LogReader {
+            consumer,
+            topic: topic.to_owned(),
+            position: partitions.iter().map(|p| (*p, 0)).collect(),
+            held: BTreeMap::new(),
+            paused: BTreeSet::new(),
+        })
+    }
+
+    /// Up to `max` records, in log order within each partition, none at or past its
+    /// partition's target. Empty once every partition has reached its target.
+    async fn next_batch(
+        &mut self,
+        targets: &BTreeMap<i32, i64>,
+        max: usize,
+    ) -> anyhow::Result<Vec<Record>> {
+        let mut batch = Vec::new();
+        loop {
+            self.hand_out(targets, max, &mut batch);
+            if batch.len() >= max || self.reached(targets) {
+                return Ok(batch);
+            }
+            self.pause_or_resume(targets)?;
+            let message = tokio::time::timeout(STALL_TIMEOUT, self.consumer.recv())
+                .await
+                .map_err(|_| {
+                    anyhow!(
+                        "the broker delivered nothing for {} s; read up to {:?}, need {targets:?}",
+                        STALL_TIMEOUT.as_secs(),
+                        self.position
+                    )
+                })?
+                .context("cannot read the log")?;
+            let record = Record {
+                partition: message.partition(),
+                offset: message.offset(),
+                key: message.key().map(<[u8]>::to_vec),
+                payload: message.payload().map(<[u8]>::to_vec),
+                headers: message
+                    .headers()
+                    .map(|hs| {
+                        hs.iter()
+                            .map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec)))
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            };
+            drop(message);
+            let held = self.held.entry(record.partition).or_default();
+            let last = held
+                .back()
+                .map(|r| r.offset + 1)
+                .or_else(|| self.position.get(&record.partition).copied())
+                .unwrap_or(0);
+            // A record delivered again (the client may refetch after a pause) is skipped.
+            if record.offset >= last {
+                held.push_back(record);
+            }
+        }
+    }
+
+    /// Moves held records below their partition's target into `batch`.
+    fn hand_out(&mut self, targets: &BTreeMap<i32, i64>, max: usize, batch: &mut Vec<Record>) {
+        for (partition, held) in &mut self.held {
+            let target = targets.get(partition).copied().unwrap_or(0);
+            while batch.len() < max && held.front().is_some_and(|r| r.offset < target) {
+                if let Some(record) = held.pop_front() {
+                    self.position.insert(*partition, record.offset + 1);
+                    batch.push(record);
+                }
+            }
+        }
+    }
+
+    fn reached(&self, targets: &BTreeMap<i32, i64>) -> bool {
+        targets
+            .iter()
+            .all(|(p, target)| self.position.get(p).copied().unwrap_or(0) >= *target)
+    }
+
+    /// Fetches only for partitions that still need records nobody holds: bounds what is held.
+    fn pause_or_resume(&mut self, targets: &BTreeMap<i32, i64>) -> anyhow::Result<()> {
+        let mut pause = TopicPartitionList::new();
+        let mut resume = TopicPartitionList::new();
+        for (partition, position) in &self.position {
+            let needed = *position < targets.get(partition).copied().unwrap_or(0)
+                && self.held.get(partition).is_none_or(VecDeque::is_empty);
+            match (needed, self.paused.contains(partition)) {
+                (true, true) => {
+                    resume.add_partition(&self.topic, *partition);
+                    self.paused.remove(partition);
+                }
+                (false, false) => {
+                    pause.add_partition(&self.topic, *partition);
+                    self.paused.insert(*partition);
+                }
+                _ => {}
+            }
+        }
+        if pause.count() > 0 {
+            self.consumer.pause(&pause)?;
+        }
+        if resume.count() > 0 {
+            self.consumer.resume(&resume)?;
+        }
+        Ok(())
+    }
+}
+
+/// A group id nothing else uses: this client never joins nor commits, but librdkafka wants one.
+fn throwaway_group() -> String {
+    format!("projector-verify-{}", Uuid::new_v4().simple())
+}
+
+/// Compares every derived table of the live schema with the scratch one, in `snapshot`.
+async fn compare(
+    snapshot: &mut PgConnection,
+    scratch: &str,
+    max_rows: u32,
+) -> anyhow::Result<Vec<TableDiff>> {
+    let tables: Vec<String> = sqlx::query_scalar(
+        "SELECT c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE n.nspname = $1 AND c.relkind IN ('r', 'p') ORDER BY 1",
+    )
+    .bind(scratch)
+    .fetch_all(&mut *snapshot)
+    .await?;
+    for table in &tables {
+        ensure!(
+            COMPARED.iter().any(|(t, _)| t == table) || NOT_COMPARED.contains(&table.as_str()),
+            "the migrations create table {table}, which verify does not compare: add it to \
+             COMPARED in projector/src/verify.rs"
+        );
+    }
+
+    let mut diffs = Vec::new();
+    for (table, left_out) in COMPARED {
+        let live_columns = columns(snapshot, LIVE_SCHEMA, table).await?;
+        let scratch_columns = columns(snapshot, scratch, table).await?;
+        ensure!(
+            live_columns.iter().collect::<BTreeSet<_>>()
+                == scratch_columns.iter().collect::<BTreeSet<_>>(),
+            "table {table} has columns {live_columns:?} live but {scratch_columns:?} in the rebuild"
+        );
+        let columns = live_columns
+            .iter()
+            .filter(|c| !left_out.contains(&c.as_str()))
+            .map(|c| format!("\"{}\"", c.replace('"', "\"\"")))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let live_table = format!("{LIVE_SCHEMA}.{table}");
+        let scratch_table = format!("{scratch}.{table}");
+        let (live_rows, rebuilt_rows): (i64, i64) = sqlx::query_as(&format!(
+            "SELECT (SELECT count(*) FROM {live_table}), (SELECT count(*) FROM {scratch_table})"
+        ))
+        .fetch_one(&mut *snapshot)
+        .await?;
+        let (only_in_live, only_in_live_sample) =
+            difference(snapshot, &columns, &live_table, &scratch_table, max_rows).await?;
+        let (only_in_rebuild, only_in_rebuild_sample) =
+            difference(snapshot, &columns, &scratch_table, &live_table, max_rows).await?;
+        diffs.push(TableDiff {
+            table,
+            live_rows,
+            rebuilt_rows,
+            only_in_live,
+            only_in_rebuild,
+            only_in_live_sample,
+            only_in_rebuild_sample,
+        });
+    }
+    Ok(diffs)
+}
+
+async fn columns(
+    conn: &mut PgConnection,
+    schema: &str,
+    table: &str,
+) -> anyhow::Result<Vec<String>> {
+    let columns = sqlx::query_scalar(
+        "SELECT a.attname::text FROM pg_attribute a
+         JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE n.nspname = $1 AND c.relname = $2 AND a.attnum > 0 AND NOT a.attisdropped
+         ORDER BY a.attnum",
+    )
+    .bind(schema)
+    .bind(table)
+    .fetch_all(conn)
+    .await?;
+    Ok(columns)
+}
+
+/// Rows of `from` that `other` lacks, counted with multiplicity, and the first `max_rows` of
+/// them as JSON.
+async fn difference(
+    conn: &mut PgConnection,
+    columns: &str,
+    from: &str,
+    other: &str,
+    max_rows: u32,
+) -> anyhow::Result<(i64, Vec<String>)> {
+    let row = sqlx::query(&format!(
+        "WITH d AS (SELECT {columns} FROM {from} EXCEPT ALL SELECT {columns} FROM {other})
+         SELECT (SELECT count(*) FROM d) AS n,
+                ARRAY(SELECT row_to_json(d)::text FROM d ORDER BY 1 LIMIT $1) AS sample"
+    ))
+    .bind(i64::from(max_rows))
+    .fetch_one(conn)
+    .await?;
+    Ok((row.try_get("n")?, row.try_get("sample")?))
+}
+
+/// Drops the scratch schema; false (and logged) when it cannot.
+async fn drop_schema(live: &PgPool, schema: &str) -> bool {
+    let dropped = async {
+        let mut tx = live.begin().await?;
+        sqlx::query(&format!("SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'"))
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await
+    }
+    .await;
+    match dropped {
+        Ok(()) => {
+            tracing::info!(%schema, "scratch schema dropped");
+            true
+        }
+        Err(e) => {
+            tracing::error!(%schema, error = %e, "cannot drop the scratch schema; drop it by hand: DROP SCHEMA {schema} CASCADE");
+            false
+        }
+    }
+}
+
+impl fmt::Display for VerifyReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let offsets = self
+            .offsets
+            .iter()
+            .map(|(p, o)| format!("{p}:{o}"))
+            .collect::<Vec<_>>()
+            .join(" ");
+        writeln!(
+            f,
+            "topic {:?} at offsets (partition:next offset) {offsets}",
+            self.topic
+        )?;
+        writeln!(
+            f,
+            "{} events projected into scratch schema {} ({}); live projector held for {} ms",
+            self.events_projected,
+            self.scratch_schema,
+            if self.scratch_dropped {
+                "dropped"
+            } else {
+                "kept"
+            },
+            self.live_held_for.as_millis()
+        )?;
+        writeln!(f)?;
+        writeln!(
+            f,
+            "{:<18} {:>12} {:>12} {:>14} {:>16}",
+            "table", "live rows", "rebuilt rows", "only in live", "only in rebuild"
+        )?;
+        for t in &self.tables {
+            writeln!(
+                f,
+                "{:<18} {:>12} {:>12} {:>14} {:>16}",
+                t.table, t.live_rows, t.rebuilt_rows, t.only_in_live, t.only_in_rebuild
+            )?;
+        }
+        writeln!(f)?;
+        if self.is_identical() {
+            return write!(
+                f,
+                "IDENTICAL: the live read model is exactly what the log says"
+            );
+        }
+        let differing = self.tables.iter().filter(|t| !t.is_identical()).count();
+        writeln!(
+            f,
+            "DIFFERENT: {differing} of {} tables differ from what the log says",
+            self.tables.len()
+        )?;
+        for t in &self.tables {
+            for (side, count, sample) in [
+                ("only in live", t.only_in_live, &t.only_in_live_sample),
+                (
+                    "only in rebuild",
+                    t.only_in_rebuild,
+                    &t.only_in_rebuild_sample,
+                ),
+            ] {
+                if count == 0 {
+                    continue;
+                }
+                writeln!(f, "\n{} ({side}): {count} rows", t.table)?;
+                for row in sample {
+                    writeln!(f, "  {row}")?;
+                }
+                if count > sample.len() as i64 {
+                    writeln!(f, "  ... and {} more", count - sample.len() as i64)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
