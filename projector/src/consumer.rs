@@ -371,14 +371,7 @@ impl Projector {
                 tracing::debug!(error = %e, "kafka offset commit failed (informational only)");
             }
         }
-        let mut total = lock(&self.progress.outcome);
-        total.applied += outcome.applied;
-        total.duplicates += outcome.duplicates;
-        total.dead_letters += outcome.dead_letters;
-        for (reason, n) in outcome.rejected {
-            *total.rejected.entry(reason).or_default() += n;
-        }
-        total.committed.extend(outcome.committed);
+        lock(&self.progress.outcome).absorb(outcome);
     }
 
     /// After an abandoned batch: wait for PostgreSQL, claim our partitions again and re-read

@@ -9,7 +9,8 @@
 //! of the log reproduces every decision.
 //!
 //! - [`decide`]: the pure decision, every rule of the contract, with given/when/then tests.
-//! - [`store`]: PostgreSQL: migrations, partition claims, the batch transaction, dead letters.
+//! - [`store`]: PostgreSQL: migrations, partition claims, the batch transaction.
+//! - [`batch`]: how a batch of records becomes rows: load, decide in memory, write in bulk.
 //! - [`consumer`]: the Kafka consumer loop on its own thread, and the rebalance callback that
 //!   claims partitions and resumes from the stored offsets.
 //! - [`config`]: flags and environment variables.
@@ -18,6 +19,7 @@
 //!
 //! Over HTTP it serves only `/healthz`, `/readyz` and `/metrics`.
 
+pub mod batch;
 pub mod config;
 pub mod consumer;
 pub mod decide;

@@ -4,18 +4,17 @@
 //! instance still owns each partition of the batch (the fence), decides and applies every event,
 //! appends each applied one to its aggregate's history, records every decision, dead-letters what
 //! cannot be decoded, advances the stored offsets and notifies waiting readers. Either all of that
-//! commits or none of it does.
+//! commits or none of it does. How the events become rows, in a few bulk statements per batch,
+//! is [`crate::batch`].
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use events::progress::ProgressNotice;
-use events::{Envelope, Event};
+use sqlx::Row;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
-use sqlx::{PgConnection, Row};
-use uuid::Uuid;
 
-use crate::decide::{Aggregate, Decision, Given, Reason, decide};
+use crate::batch::{DeadLetter, insert_dead_letters, project};
 
 /// The schema, applied at start-up. sqlx takes an advisory lock, so several instances may race.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
@@ -49,6 +48,20 @@ pub struct BatchOutcome {
     pub rejected: BTreeMap<&'static str, u64>,
     pub duplicates: u64,
     pub dead_letters: u64,
+}
+
+impl BatchOutcome {
+    /// Adds another outcome's counts and positions to this one (not its fenced partitions,
+    /// which say something about one moment only).
+    pub fn absorb(&mut self, other: BatchOutcome) {
+        self.applied += other.applied;
+        self.duplicates += other.duplicates;
+        self.dead_letters += other.dead_letters;
+        for (reason, n) in other.rejected {
+            *self.rejected.entry(reason).or_default() += n;
+        }
+        self.committed.extend(other.committed);
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -225,42 +238,66 @@ impl Store {
             }
         }
 
-        for record in records {
-            let Some(claim) = claims.get(&record.partition) else {
-                continue;
-            };
-            if outcome.fenced.contains(&record.partition) || record.offset < claim.next_offset {
-                continue;
-            }
-            if isolate {
+        let fresh: Vec<&Record> = records
+            .iter()
+            .filter(|r| {
+                claims
+                    .get(&r.partition)
+                    .is_some_and(|c| r.offset >= c.next_offset)
+                    && !outcome.fenced.contains(&r.partition)
+            })
+            .collect();
+        if isolate {
+            // The slow path: one record at a time, each in a savepoint, so that the record whose
+            // statements fail is dead-lettered alone.
+            for record in &fresh {
                 let mut savepoint = sqlx::Connection::begin(&mut *tx).await?;
-                match self.project(&mut savepoint, record, &mut outcome).await {
-                    Ok(()) => savepoint.commit().await?,
+                let mut one = BatchOutcome::default();
+                match project(
+                    &mut savepoint,
+                    &self.topic,
+                    std::slice::from_ref(record),
+                    &mut one,
+                )
+                .await
+                {
+                    Ok(()) => {
+                        savepoint.commit().await?;
+                        outcome.absorb(one);
+                    }
                     Err(StoreError::Statement(e)) => {
                         savepoint.rollback().await?;
                         tracing::error!(partition = record.partition, offset = record.offset, error = %e, "event failed to apply; dead-lettered");
-                        self.dead_letter(&mut tx, record, &format!("apply failed: {e}"))
-                            .await?;
+                        let failed = DeadLetter {
+                            record,
+                            error: format!("apply failed: {e}"),
+                        };
+                        insert_dead_letters(&mut tx, &self.topic, &[failed]).await?;
                         outcome.dead_letters += 1;
                     }
                     Err(e) => return Err(e),
                 }
-            } else {
-                self.project(&mut tx, record, &mut outcome).await?;
             }
+        } else {
+            project(&mut tx, &self.topic, &fresh, &mut outcome).await?;
+        }
+        for record in &fresh {
             outcome
                 .committed
                 .insert(record.partition, record.offset + 1);
         }
 
-        for (partition, next_offset) in &outcome.committed {
+        if !outcome.committed.is_empty() {
+            let (partitions, offsets): (Vec<i32>, Vec<i64>) =
+                outcome.committed.iter().map(|(p, o)| (*p, *o)).unzip();
             sqlx::query(
-                "UPDATE projector_offsets SET next_offset = $3, updated_at = now()
-                 WHERE topic = $1 AND partition = $2",
+                "UPDATE projector_offsets AS o SET next_offset = n.next_offset, updated_at = now()
+                 FROM unnest($2::int[], $3::int8[]) AS n (partition, next_offset)
+                 WHERE o.topic = $1 AND o.partition = n.partition",
             )
             .bind(&self.topic)
-            .bind(partition)
-            .bind(next_offset)
+            .bind(&partitions)
+            .bind(&offsets)
             .execute(&mut *tx)
             .await?;
         }
@@ -279,93 +316,6 @@ impl Store {
         tx.commit().await?;
         Ok(outcome)
     }
-
-    /// Decodes, decides and applies one record.
-    async fn project(
-        &self,
-        conn: &mut PgConnection,
-        record: &Record,
-        outcome: &mut BatchOutcome,
-    ) -> Result<(), StoreError> {
-        let envelope = match record.payload.as_deref().map(Envelope::decode) {
-            Some(Ok(envelope)) => envelope,
-            Some(Err(e)) => {
-                tracing::warn!(partition = record.partition, offset = record.offset, error = %e, "undecodable record; dead-lettered");
-                self.dead_letter(conn, record, &e.to_string()).await?;
-                outcome.dead_letters += 1;
-                return Ok(());
-            }
-            None => {
-                self.dead_letter(conn, record, "record has no value")
-                    .await?;
-                outcome.dead_letters += 1;
-                return Ok(());
-            }
-        };
-        let given = load_given(conn, &envelope).await?;
-        let decision = decide(&given, &envelope);
-        match decision {
-            Decision::Duplicate => {
-                outcome.duplicates += 1;
-                return Ok(());
-            }
-            Decision::Applied { version } => {
-                apply(conn, &envelope, version).await?;
-                record_history(conn, &envelope, version, record).await?;
-                outcome.applied += 1;
-            }
-            Decision::Rejected(reason) => {
-                *outcome.rejected.entry(reason.as_str()).or_default() += 1;
-            }
-        }
-        record_decision(conn, &envelope, decision, record).await?;
-        if let Some(idempotency) = &envelope.idempotency
-            && decision != Decision::Rejected(Reason::IdempotencyKeyReused)
-        {
-            sqlx::query(
-                "INSERT INTO idempotency_keys (scope, key, command_id) VALUES ($1, $2, $3)",
-            )
-            .bind(idempotency.scope)
-            .bind(&idempotency.key)
-            .bind(envelope.command_id)
-            .execute(&mut *conn)
-            .await?;
-        }
-        Ok(())
-    }
-
-    async fn dead_letter(
-        &self,
-        conn: &mut PgConnection,
-        record: &Record,
-        error: &str,
-    ) -> Result<(), StoreError> {
-        let headers: serde_json::Map<String, serde_json::Value> = record
-            .headers
-            .iter()
-            .map(|(k, v)| {
-                let value = v.as_deref().map_or(serde_json::Value::Null, |b| {
-                    String::from_utf8_lossy(b).into_owned().into()
-                });
-                (k.clone(), value)
-            })
-            .collect();
-        sqlx::query(
-            "INSERT INTO dead_letters (topic, partition, kafka_offset, record_key, payload, headers, error)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)
-             ON CONFLICT (topic, partition, kafka_offset) DO NOTHING",
-        )
-        .bind(&self.topic)
-        .bind(record.partition)
-        .bind(record.offset)
-        .bind(record.key.as_deref())
-        .bind(record.payload.as_deref())
-        .bind(serde_json::Value::Object(headers))
-        .bind(error)
-        .execute(conn)
-        .await?;
-        Ok(())
-    }
 }
 
 /// A name that needs no quoting in SQL, so it can go into `search_path` and statements as is.
@@ -377,198 +327,4 @@ pub fn is_plain_identifier(name: &str) -> bool {
         && name
             .chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
-}
-
-/// Reads what [`decide`] needs, in one round trip. All of it belongs to the event's partition.
-async fn load_given(conn: &mut PgConnection, event: &Envelope) -> Result<Given, StoreError> {
-    let post_id =
-        (event.aggregate_type() == events::AggregateType::Post).then_some(event.aggregate_id);
-    let row = sqlx::query(
-        "SELECT
-            EXISTS (SELECT 1 FROM decisions WHERE command_id = $1) AS already_decided,
-            (SELECT command_id FROM idempotency_keys WHERE scope = $2 AND key = $3) AS key_holder,
-            u.version AS user_version, u.deleted_at IS NOT NULL AS user_deleted,
-            p.version AS post_version, p.deleted_at IS NOT NULL AS post_deleted
-         FROM (SELECT 1) AS one
-         LEFT JOIN users u ON u.id = $4
-         LEFT JOIN posts p ON p.id = $5 AND p.author_id = $4",
-    )
-    .bind(event.command_id)
-    .bind(event.idempotency.as_ref().map(|i| i.scope))
-    .bind(event.idempotency.as_ref().map(|i| i.key.as_str()))
-    .bind(event.partition_key)
-    .bind(post_id)
-    .fetch_one(&mut *conn)
-    .await?;
-    let aggregate =
-        |version: Option<i64>, deleted: bool| version.map(|version| Aggregate { version, deleted });
-    Ok(Given {
-        already_decided: row.try_get("already_decided")?,
-        key_holder: row.try_get("key_holder")?,
-        user: aggregate(
-            row.try_get("user_version")?,
-            row.try_get::<Option<bool>, _>("user_deleted")?
-                .unwrap_or(false),
-        ),
-        post: aggregate(
-            row.try_get("post_version")?,
-            row.try_get::<Option<bool>, _>("post_deleted")?
-                .unwrap_or(false),
-        ),
-    })
-}
-
-/// Changes the read model for an applied event; `version` is the aggregate's version after it.
-async fn apply(conn: &mut PgConnection, e: &Envelope, version: i64) -> Result<(), StoreError> {
-    let at = e.accepted_at;
-    match &e.event {
-        Event::UserRegistered(u) => {
-            sqlx::query(
-                "INSERT INTO users (id, display_name, bio, version, created_at, updated_at)
-                 VALUES ($1, $2, $3, $4, $5, $5)",
-            )
-            .bind(e.aggregate_id)
-            .bind(&u.display_name)
-            .bind(&u.bio)
-            .bind(version)
-            .bind(at)
-            .execute(&mut *conn)
-            .await?;
-        }
-        Event::UserProfileUpdated(u) => {
-            sqlx::query(
-                "UPDATE users SET display_name = COALESCE($2, display_name), bio = COALESCE($3, bio),
-                        version = $4, updated_at = $5
-                 WHERE id = $1",
-            )
-            .bind(e.aggregate_id)
-            .bind(&u.display_name)
-            .bind(&u.bio)
-            .bind(version)
-            .bind(at)
-            .execute(&mut *conn)
-            .await?;
-        }
-        Event::UserDeleted => {
-            sqlx::query(
-                "UPDATE users SET deleted_at = $2, version = $3, updated_at = $2 WHERE id = $1",
-            )
-            .bind(e.aggregate_id)
-            .bind(at)
-            .bind(version)
-            .execute(&mut *conn)
-            .await?;
-            sqlx::query("UPDATE posts SET author_deleted = true WHERE author_id = $1")
-                .bind(e.aggregate_id)
-                .execute(&mut *conn)
-                .await?;
-        }
-        Event::PostPublished(p) => {
-            sqlx::query(
-                "INSERT INTO posts (id, author_id, title, body, format, version, created_at, updated_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $7)",
-            )
-            .bind(e.aggregate_id)
-            .bind(e.partition_key)
-            .bind(&p.title)
-            .bind(&p.body)
-            .bind(p.format.as_str())
-            .bind(version)
-            .bind(at)
-            .execute(&mut *conn)
-            .await?;
-            adjust_post_count(conn, e.partition_key, 1).await?;
-        }
-        Event::PostEdited(p) => {
-            sqlx::query(
-                "UPDATE posts SET title = COALESCE($2, title), body = COALESCE($3, body), version = $4, updated_at = $5
-                 WHERE id = $1",
-            )
-            .bind(e.aggregate_id)
-            .bind(&p.title)
-            .bind(&p.body)
-            .bind(version)
-            .bind(at)
-            .execute(&mut *conn)
-            .await?;
-        }
-        Event::PostDeleted => {
-            sqlx::query(
-                "UPDATE posts SET deleted_at = $2, version = $3, updated_at = $2 WHERE id = $1",
-            )
-            .bind(e.aggregate_id)
-            .bind(at)
-            .bind(version)
-            .execute(&mut *conn)
-            .await?;
-            adjust_post_count(conn, e.partition_key, -1).await?;
-        }
-    }
-    Ok(())
-}
-
-/// Appends an applied event to its aggregate's stream (`aggregate_events`), at the version it
-/// gave the aggregate.
-async fn record_history(
-    conn: &mut PgConnection,
-    e: &Envelope,
-    version: i64,
-    record: &Record,
-) -> Result<(), StoreError> {
-    // Bound as text and cast: the payload is JSON already, and sqlx's json support is not
-    // compiled in.
-    sqlx::query(
-        "INSERT INTO aggregate_events (aggregate_id, version, event_id, event_type, aggregate_type, occurred_at, data, kafka_partition, kafka_offset)
-         VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, $8, $9)",
-    )
-    .bind(e.aggregate_id)
-    .bind(version)
-    .bind(e.event_id)
-    .bind(e.type_name())
-    .bind(e.aggregate_type().as_str())
-    .bind(e.accepted_at)
-    .bind(e.event.data().to_string())
-    .bind(record.partition)
-    .bind(record.offset)
-    .execute(conn)
-    .await?;
-    Ok(())
-}
-
-async fn adjust_post_count(conn: &mut PgConnection, user: Uuid, by: i64) -> Result<(), StoreError> {
-    sqlx::query("UPDATE users SET post_count = post_count + $2 WHERE id = $1")
-        .bind(user)
-        .bind(by)
-        .execute(conn)
-        .await?;
-    Ok(())
-}
-
-async fn record_decision(
-    conn: &mut PgConnection,
-    e: &Envelope,
-    decision: Decision,
-    record: &Record,
-) -> Result<(), StoreError> {
-    let (status, reason, version) = match decision {
-        Decision::Applied { version } => ("applied", None, Some(version)),
-        Decision::Rejected(reason) => ("rejected", Some(reason.as_str()), None),
-        Decision::Duplicate => return Ok(()),
-    };
-    sqlx::query(
-        "INSERT INTO decisions (command_id, status, reason, aggregate_id, version, event_id, event_type, kafka_partition, kafka_offset)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-    )
-    .bind(e.command_id)
-    .bind(status)
-    .bind(reason)
-    .bind(e.aggregate_id)
-    .bind(version)
-    .bind(e.event_id)
-    .bind(e.type_name())
-    .bind(record.partition)
-    .bind(record.offset)
-    .execute(conn)
-    .await?;
-    Ok(())
 }

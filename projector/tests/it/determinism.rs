@@ -4,7 +4,8 @@
 //! Random command sequences over a few users and posts (registrations, profile updates, posts,
 //! edits and deletes, with right, wrong and absent `If-Match`, verbatim retries and reused
 //! idempotency keys) become a log. The live run feeds it to the real [`Store`] in random batches,
-//! bumping its claim now and then as a takeover would; the rebuild projects it in one pass into
+//! bumping its claim now and then as a takeover would and taking the record-by-record slow path
+//! for those batches; the rebuild projects it in one pass into
 //! a fresh database. Both run on a real PostgreSQL.
 
 use std::collections::BTreeMap;
@@ -197,7 +198,8 @@ async fn store_on(db: &TestDb) -> Store {
     store
 }
 
-/// The live run: batches cut at `cuts`, every `takeover`-th batch preceded by a fresh claim
+/// The live run: batches cut at `cuts`, every `takeover`-th batch projected on the slow path
+/// (record by record, in savepoints) and preceded by a fresh claim
 /// (as when another instance takes the partitions over and resumes from the stored offsets).
 async fn live_run(
     store: &Store,
@@ -220,7 +222,7 @@ async fn live_run(
             claims = store.claim(&partitions, "live").await.expect("re-claim");
         }
         let outcome = store
-            .commit_batch(batch, &claims, false)
+            .commit_batch(batch, &claims, batch_number % takeover == takeover - 1)
             .await
             .expect("commit");
         prop_assert!(outcome.fenced.is_empty(), "the only owner was fenced");

@@ -134,13 +134,13 @@ async fn an_instance_that_lost_its_partition_cannot_commit_or_move_the_offset() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_event_that_fails_to_apply_is_dead_lettered_and_the_rest_of_the_batch_commits() {
+async fn a_post_id_of_another_user_is_dead_lettered_and_the_rest_of_the_batch_commits() {
     let db = TestDb::create().await;
     let store = store(&db).await;
     let claim = store.claim(&[0], "me").await.expect("claim")[&0];
     let (alice, bob, post) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
-    // Bob's post reuses the id of Alice's: the insert breaks the primary key. Ids are chosen by
-    // the command API, so this only happens to records written by something else.
+    // Bob's post reuses the id of Alice's. Ids are chosen by the command API, so this only
+    // happens to records written by something else.
     let batch = [
         record(0, 0, &registered(alice)),
         record(0, 1, &registered(bob)),
@@ -148,25 +148,10 @@ async fn an_event_that_fails_to_apply_is_dead_lettered_and_the_rest_of_the_batch
         record(0, 3, &published(bob, post)),
         record(0, 4, &published(bob, Uuid::now_v7())),
     ];
-    let first = store
-        .commit_batch(&batch, &BTreeMap::from([(0, claim)]), false)
-        .await;
-    assert!(first.is_err(), "the fast path fails as a whole");
-    assert_eq!(
-        count(&store, "SELECT count(*) FROM users").await,
-        0,
-        "and leaves nothing behind"
-    );
-    assert_eq!(
-        count(&store, "SELECT count(*) FROM aggregate_events").await,
-        0,
-        "not even history"
-    );
-
     let outcome = store
-        .commit_batch(&batch, &BTreeMap::from([(0, claim)]), true)
+        .commit_batch(&batch, &BTreeMap::from([(0, claim)]), false)
         .await
-        .expect("isolated commit");
+        .expect("commit");
     assert_eq!(outcome.applied, 4);
     assert_eq!(outcome.dead_letters, 1);
     assert_eq!(outcome.committed, BTreeMap::from([(0, 5)]));
@@ -177,8 +162,7 @@ async fn an_event_that_fails_to_apply_is_dead_lettered_and_the_rest_of_the_batch
     assert!(error.starts_with("apply failed"), "{error}");
     assert_eq!(
         count(&store, "SELECT count(*) FROM aggregate_events").await,
-        4,
-        "the dead-lettered event left no history"
+        4
     );
     assert_eq!(
         count(
@@ -186,7 +170,8 @@ async fn an_event_that_fails_to_apply_is_dead_lettered_and_the_rest_of_the_batch
             "SELECT count(*) FROM aggregate_events WHERE kafka_offset = 3"
         )
         .await,
-        0
+        0,
+        "the dead-lettered event left no history"
     );
     assert_eq!(
         count(
@@ -196,5 +181,55 @@ async fn an_event_that_fails_to_apply_is_dead_lettered_and_the_rest_of_the_batch
         .await,
         1
     );
+    let alices: String = sqlx::query_scalar(&format!(
+        "SELECT author_id::text FROM posts WHERE id = '{post}'"
+    ))
+    .fetch_one(store.pool())
+    .await
+    .expect("post");
+    assert_eq!(alices, alice.to_string(), "Alice's post is untouched");
+    db.drop_database().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_that_fails_is_isolated_to_its_record_on_the_slow_path() {
+    let db = TestDb::create().await;
+    let store = store(&db).await;
+    let claim = store.claim(&[0], "me").await.expect("claim")[&0];
+    let (alice, bob) = (Uuid::now_v7(), Uuid::now_v7());
+    // A NUL character decodes as JSON but PostgreSQL text cannot hold it. The command API
+    // refuses it; a record written by something else may still carry it.
+    let poisoned = envelope(
+        bob,
+        bob,
+        Event::UserRegistered(UserRegistered {
+            display_name: "b\u{0}b".into(),
+            bio: None,
+        }),
+    );
+    let batch = [record(0, 0, &registered(alice)), record(0, 1, &poisoned)];
+    let claims = BTreeMap::from([(0, claim)]);
+    let first = store.commit_batch(&batch, &claims, false).await;
+    assert!(first.is_err(), "the fast path fails as a whole");
+    assert_eq!(
+        count(&store, "SELECT count(*) FROM users").await,
+        0,
+        "and leaves nothing behind"
+    );
+
+    let outcome = store
+        .commit_batch(&batch, &claims, true)
+        .await
+        .expect("isolated commit");
+    assert_eq!(outcome.applied, 1, "counts only what committed");
+    assert_eq!(outcome.dead_letters, 1);
+    assert_eq!(outcome.committed, BTreeMap::from([(0, 2)]));
+    let error: String = sqlx::query_scalar("SELECT error FROM dead_letters WHERE kafka_offset = 1")
+        .fetch_one(store.pool())
+        .await
+        .expect("dead letter at offset 1");
+    assert!(error.starts_with("apply failed"), "{error}");
+    assert_eq!(count(&store, "SELECT count(*) FROM users").await, 1);
+    assert_eq!(count(&store, "SELECT count(*) FROM decisions").await, 1);
     db.drop_database().await;
 }
