@@ -7,7 +7,8 @@ pub use service_kit::telemetry::LogFormat;
 
 /// Decides the events of the log in order and materializes them into PostgreSQL.
 ///
-/// Without a subcommand it runs the projector; `projector verify` checks the read model instead.
+/// Without a subcommand it runs the projector; `projector verify` checks the read model instead,
+/// and `projector rebuild` projects the log again into a new read-model generation.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "projector", version)]
 pub struct Config {
@@ -82,6 +83,50 @@ pub enum Command {
     /// report on stdout (logs go to stderr). Exit status: 0 when identical, 1 when rows differ
     /// (they are printed), 2 when it could not verify.
     Verify(VerifyArgs),
+
+    /// Projects the whole log into a new read-model generation (schema generation_<n>) and
+    /// verifies it against the live read model: exit 0 ready, 1 rows differ, 2 could not
+    /// rebuild, 3 stopped before the end (run it again to resume).
+    ///
+    /// Resumes the newest generation still `building` (interrupted by Ctrl-C, kill or
+    /// --max-events) from that generation's own offsets; otherwise creates the next one. Every
+    /// partition is projected from offset 0 in large batches up to the live read model's
+    /// position, then compared with it table by table at one consistent point, exactly as
+    /// `verify` does. A generation that equals the live read model is marked `ready`; one that
+    /// differs is marked `failed` and its differing rows are printed. Never writes to the live
+    /// read model, and sends no progress notices. The switch to a ready generation is not
+    /// built yet.
+    Rebuild(RebuildArgs),
+
+    /// Lists the read-model generations: name, state, events, created and completed times.
+    Generations,
+
+    /// Drops a generation that is not active: its schema and its catalogue row.
+    DropGeneration(DropGenerationArgs),
+}
+
+/// Flags of `projector rebuild`.
+#[derive(Debug, Clone, Args)]
+pub struct RebuildArgs {
+    /// Most events projected into the new generation in one transaction.
+    #[arg(long = "batch-size", env = "REBUILD_BATCH_SIZE", default_value_t = 5000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub batch_size: u32,
+
+    /// Stop after projecting this many events in this run, as if interrupted (exit 3); the
+    /// next run resumes. For rebuilding in bounded steps.
+    #[arg(long, env = "REBUILD_MAX_EVENTS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_events: Option<u64>,
+
+    /// Most differing rows shown per table and direction.
+    #[arg(long, env = "REBUILD_MAX_DIFF_ROWS", default_value_t = 20)]
+    pub max_diff_rows: u32,
+}
+
+/// Arguments of `projector drop-generation`.
+#[derive(Debug, Clone, Args)]
+pub struct DropGenerationArgs {
+    /// The generation, as `projector generations` lists it (generation_<n>).
+    pub name: String,
 }
 
 /// Flags of `projector verify`; the database, broker and topic are the projector's own.

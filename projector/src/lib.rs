@@ -16,6 +16,12 @@
 //! - [`config`]: flags and environment variables.
 //! - [`verify`]: `projector verify`, which projects the log again into a scratch schema and
 //!   compares it with the live read model at the same offsets.
+//! - [`rebuild`]: `projector rebuild`, which projects the log into a new read-model generation
+//!   (resumably) and verifies it the way `verify` does.
+//! - [`generations`]: the generations' catalogue; `projector generations` and
+//!   `projector drop-generation`.
+//! - `replay`: what verify and rebuild share: the log read by hand-assigned partitions, the
+//!   projection into a store other than the live one, progress bars or log lines.
 //!
 //! Over HTTP it serves only `/healthz`, `/readyz` and `/metrics`.
 
@@ -23,6 +29,9 @@ pub mod batch;
 pub mod config;
 pub mod consumer;
 pub mod decide;
+pub mod generations;
+pub mod rebuild;
+mod replay;
 pub mod store;
 pub mod verify;
 

@@ -2,7 +2,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use projector::config::Command;
-use projector::{Application, Config, verify};
+use projector::{Application, Config, generations, rebuild, verify};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<ExitCode> {
@@ -12,6 +12,11 @@ async fn main() -> anyhow::Result<ExitCode> {
         Some(Command::Verify(args)) => {
             Ok(verify::run(&config, args, service_kit::shutdown::signal()).await)
         }
+        Some(Command::Rebuild(args)) => {
+            Ok(rebuild::run(&config, args, service_kit::shutdown::signal()).await)
+        }
+        Some(Command::Generations) => Ok(generations::run_list(&config).await),
+        Some(Command::DropGeneration(args)) => Ok(generations::run_drop(&config, args).await),
         None => {
             let app = Application::build(config).await?;
             tracing::info!(addr = %app.local_addr()?, "projector listening");

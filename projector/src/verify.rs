@@ -9,6 +9,8 @@
 //!    the query API would take for the live read model's progress.
 //! 2. The log, read by a consumer of its own: no group membership (partitions are assigned by
 //!    hand, from offset 0) and no commits, so the live projector's group never notices it.
+//!    Steps 1 and 2 are the [`replay`](crate::replay) module, shared with `projector rebuild`,
+//!    which also runs steps 3 to 5 ([`compare_with_live`]) against its new generation.
 //! 3. Catch-up without holding anything: the live read model's offsets (`public.projector_offsets`)
 //!    are read, and the scratch generation is projected up to them in large batches; again, a
 //!    few times, while the live projector keeps moving on.
@@ -38,35 +40,27 @@
 //! lock blocks that insert too. It conflicts only with writers of `projector_offsets` (batch
 //! commits and claims), never with readers such as the query API.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::future::Future;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, anyhow, bail, ensure};
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
-use rdkafka::message::{Headers, Message};
-use rdkafka::{Offset, TopicPartitionList};
+use anyhow::{Context, anyhow, ensure};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{Connection, PgConnection, PgPool, Row};
 use uuid::Uuid;
 
 use crate::config::{Config, VerifyArgs};
-use crate::store::{self, Claim, Record, Store, StoreError};
+use crate::replay::{Replay, check_within_log, log_bounds, offsets_of};
+use crate::store::{self, Store};
 
 /// The live generation's schema.
-const LIVE_SCHEMA: &str = "public";
+pub(crate) const LIVE_SCHEMA: &str = "public";
 /// The scratch store's owner name in its own `projector_offsets`.
 const SCRATCH_OWNER: &str = "verify";
-/// How long reading the log may go without a record before verify gives up.
-const STALL_TIMEOUT: Duration = Duration::from_secs(30);
-/// Bound on broker metadata requests.
-const KAFKA_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bound on waiting for a lock: the live offsets table, or the scratch schema when dropping it.
-const LOCK_TIMEOUT: &str = "30s";
-const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+pub(crate) const LOCK_TIMEOUT: &str = "30s";
 /// Unlocked catch-up rounds at most: each one shortens the delta projected under the lock.
 const CATCH_UP_ROUNDS: usize = 5;
 /// Catching up stops once the live read model is at most this many events ahead: about what
@@ -209,33 +203,83 @@ async fn rebuild_and_compare(
     live: &PgPool,
     scratch: &Store,
     schema: &str,
-    mut bounds: BTreeMap<i32, (i64, i64)>,
+    bounds: BTreeMap<i32, (i64, i64)>,
 ) -> anyhow::Result<VerifyReport> {
-    let topic = &config.kafka_topic;
     scratch
         .migrate()
         .await
         .context("cannot create the scratch tables")?;
     let partitions: Vec<i32> = bounds.keys().copied().collect();
-    let claims = scratch.claim(&partitions, SCRATCH_OWNER).await?;
-    let mut rebuild = Rebuild {
-        reader: LogReader::assign(&config.kafka_brokers, topic, &partitions)?,
-        store: scratch.clone(),
-        claims,
-        batch_size: args.batch_size as usize,
-        projected: 0,
-    };
+    let mut replay = Replay::start(
+        &config.kafka_brokers,
+        &config.kafka_topic,
+        scratch.clone(),
+        SCRATCH_OWNER,
+        &partitions,
+        args.batch_size,
+        "projecting into the scratch schema",
+    )
+    .await?;
+    let compared = compare_with_live(
+        config,
+        live,
+        &mut replay,
+        schema,
+        bounds,
+        args.max_diff_rows,
+    )
+    .await;
+    replay.finish();
+    let Comparison {
+        offsets,
+        live_held_for,
+        tables,
+    } = compared?;
+    Ok(VerifyReport {
+        topic: config.kafka_topic.clone(),
+        scratch_schema: schema.to_owned(),
+        scratch_dropped: false,
+        offsets,
+        events_projected: replay.projected(),
+        live_held_for,
+        tables,
+    })
+}
+
+/// Both generations at one point of the log, table by table.
+#[derive(Debug, Clone)]
+pub struct Comparison {
+    /// Next offset per partition: the log prefix both were compared at.
+    pub offsets: BTreeMap<i32, i64>,
+    /// How long the live projector's commits were held.
+    pub live_held_for: Duration,
+    pub tables: Vec<TableDiff>,
+}
+
+/// Catches `replay` (projecting into `schema`) up with the live read model, holds the live
+/// projector for the last stretch, and compares the two generations at that one consistent
+/// point (steps 3 to 5 above).
+pub(crate) async fn compare_with_live(
+    config: &Config,
+    live: &PgPool,
+    replay: &mut Replay,
+    schema: &str,
+    mut bounds: BTreeMap<i32, (i64, i64)>,
+    max_diff_rows: u32,
+) -> anyhow::Result<Comparison> {
+    let (brokers, topic) = (&config.kafka_brokers, &config.kafka_topic);
+    let partitions: Vec<i32> = bounds.keys().copied().collect();
 
     // Unlocked: most of the work, while the live projector keeps going.
     let mut targets = offsets_of(live, LIVE_SCHEMA, topic, &partitions).await?;
     for round in 1..=CATCH_UP_ROUNDS {
-        check_within_log(&mut bounds, &config.kafka_brokers, topic, &targets).await?;
+        check_within_log(&mut bounds, brokers, topic, &targets).await?;
         tracing::info!(
             round,
             total = targets.values().sum::<i64>(),
             "catching up with the live read model"
         );
-        rebuild.project_up_to(&targets).await?;
+        replay.project_up_to(&targets).await?;
         let moved = offsets_of(live, LIVE_SCHEMA, topic, &partitions).await?;
         let behind: i64 = moved
             .iter()
@@ -247,7 +291,7 @@ async fn rebuild_and_compare(
         }
     }
 
-    // Locked: the live read model holds still while the scratch one catches up with it.
+    // Locked: the live read model holds still while the other one catches up with it.
     let mut lock_conn = PgConnection::connect(&config.database_url)
         .await
         .context("cannot connect to PostgreSQL")?;
@@ -268,8 +312,8 @@ async fn rebuild_and_compare(
     .context("cannot hold the live projector (lock on projector_offsets)")?;
     tracing::info!("live projector held");
     let offsets = offsets_of(&mut *lock, LIVE_SCHEMA, topic, &partitions).await?;
-    check_within_log(&mut bounds, &config.kafka_brokers, topic, &offsets).await?;
-    rebuild.project_up_to(&offsets).await?;
+    check_within_log(&mut bounds, brokers, topic, &offsets).await?;
+    replay.project_up_to(&offsets).await?;
 
     let mut snapshot = snapshot_conn.begin().await?;
     sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
@@ -287,19 +331,15 @@ async fn rebuild_and_compare(
     ensure!(
         live_seen == offsets && scratch_seen == offsets,
         "the generations are not at the same offsets in the snapshot (live {live_seen:?}, \
-         scratch {scratch_seen:?}, expected {offsets:?})"
+         {schema} {scratch_seen:?}, expected {offsets:?})"
     );
 
     let started = Instant::now();
-    let tables = compare(&mut snapshot, schema, args.max_diff_rows).await?;
+    let tables = compare(&mut snapshot, schema, max_diff_rows).await?;
     snapshot.rollback().await?;
     tracing::info!(ms = started.elapsed().as_millis() as u64, "compared");
-    Ok(VerifyReport {
-        topic: topic.clone(),
-        scratch_schema: schema.to_owned(),
-        scratch_dropped: false,
+    Ok(Comparison {
         offsets,
-        events_projected: rebuild.projected,
         live_held_for,
         tables,
     })
@@ -307,7 +347,7 @@ async fn rebuild_and_compare(
 
 /// Refuses a live database without the read model, or at another schema version than this
 /// binary's migrations: the comparison would show the migration, not the projection.
-async fn check_live_schema(live: &PgPool) -> anyhow::Result<()> {
+pub(crate) async fn check_live_schema(live: &PgPool) -> anyhow::Result<()> {
     let row = sqlx::query(&format!(
         "SELECT to_regclass('{LIVE_SCHEMA}.projector_offsets') IS NOT NULL AS has_offsets,
                 to_regclass('{LIVE_SCHEMA}._sqlx_migrations') IS NOT NULL AS has_migrations"
@@ -331,327 +371,9 @@ async fn check_live_schema(live: &PgPool) -> anyhow::Result<()> {
     ensure!(
         applied == ours,
         "the live read model's schema is at migration {applied:?}, this projector's at {ours:?}: \
-         verify with the projector version that runs against this database"
+         use the projector version that runs against this database"
     );
     Ok(())
-}
-
-/// Each partition's (start, end) offsets in the log.
-async fn log_bounds(brokers: &str, topic: &str) -> anyhow::Result<BTreeMap<i32, (i64, i64)>> {
-    let (brokers, topic) = (brokers.to_owned(), topic.to_owned());
-    // librdkafka's metadata calls block.
-    tokio::task::spawn_blocking(move || {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &brokers)
-            .set("group.id", throwaway_group())
-            .create()
-            .context("cannot create a Kafka client")?;
-        let metadata = consumer
-            .fetch_metadata(Some(&topic), KAFKA_TIMEOUT)
-            .context("cannot fetch the topic's metadata")?;
-        let found = metadata
-            .topics()
-            .iter()
-            .find(|t| t.name() == topic)
-            .with_context(|| format!("topic {topic:?} not found"))?;
-        if let Some(error) = found.error() {
-            bail!("topic {topic:?} is not available: {error:?}");
-        }
-        ensure!(
-            !found.partitions().is_empty(),
-            "topic {topic:?} has no partitions"
-        );
-        let mut bounds = BTreeMap::new();
-        for partition in found.partitions() {
-            let (low, high) = consumer
-                .fetch_watermarks(&topic, partition.id(), KAFKA_TIMEOUT)
-                .with_context(|| {
-                    format!("cannot fetch the offsets of partition {}", partition.id())
-                })?;
-            ensure!(
-                low == 0,
-                "partition {} of topic {topic:?} starts at offset {low}: the log no longer holds \
-                 every event, so it cannot be projected again",
-                partition.id()
-            );
-            bounds.insert(partition.id(), (low, high));
-        }
-        Ok(bounds)
-    })
-    .await?
-}
-
-/// Fails when `targets` lie past the end of the log (looking again first, as the log grows).
-async fn check_within_log(
-    bounds: &mut BTreeMap<i32, (i64, i64)>,
-    brokers: &str,
-    topic: &str,
-    targets: &BTreeMap<i32, i64>,
-) -> anyhow::Result<()> {
-    let beyond = |bounds: &BTreeMap<i32, (i64, i64)>| {
-        targets
-            .iter()
-            .find(|(p, target)| bounds.get(p).is_none_or(|(_, end)| end < target))
-            .map(|(p, t)| (*p, *t))
-    };
-    if beyond(bounds).is_none() {
-        return Ok(());
-    }
-    *bounds = log_bounds(brokers, topic).await?;
-    if let Some((partition, target)) = beyond(bounds) {
-        bail!(
-            "the read model is ahead of the log: it has projected partition {partition} of topic \
-             {topic:?} up to offset {target}, but the log ends at {:?}; it was built from another log",
-            bounds.get(&partition).map(|(_, end)| end)
-        );
-    }
-    Ok(())
-}
-
-/// Next offset per partition stored in `schema`'s `projector_offsets`, 0 for a partition with
-/// no row. A row for a partition the topic does not have is an error.
-async fn offsets_of<'c, E>(
-    executor: E,
-    schema: &str,
-    topic: &str,
-    partitions: &[i32],
-) -> anyhow::Result<BTreeMap<i32, i64>>
-where
-    E: sqlx::PgExecutor<'c>,
-{
-    let rows: Vec<(i32, i64)> = sqlx::query_as(&format!(
-        "SELECT partition, next_offset FROM {schema}.projector_offsets WHERE topic = $1"
-    ))
-    .bind(topic)
-    .fetch_all(executor)
-    .await?;
-    let mut offsets: BTreeMap<i32, i64> = partitions.iter().map(|p| (*p, 0)).collect();
-    for (partition, next_offset) in rows {
-        let Some(slot) = offsets.get_mut(&partition) else {
-            bail!(
-                "{schema}.projector_offsets has partition {partition}, which topic {topic:?} does not have"
-            );
-        };
-        *slot = next_offset;
-    }
-    Ok(offsets)
-}
-
-/// The scratch generation being projected.
-struct Rebuild {
-    reader: LogReader,
-    store: Store,
-    claims: BTreeMap<i32, Claim>,
-    batch_size: usize,
-    projected: u64,
-}
-
-impl Rebuild {
-    /// Projects every partition up to (not including) its target offset.
-    async fn project_up_to(&mut self, targets: &BTreeMap<i32, i64>) -> anyhow::Result<()> {
-        let total: i64 = targets.values().sum();
-        let started = Instant::now();
-        let projected_before = self.projected;
-        let mut logged = Instant::now();
-        loop {
-            let batch = self.reader.next_batch(targets, self.batch_size).await?;
-            if batch.is_empty() {
-                break;
-            }
-            self.commit(&batch).await?;
-            if logged.elapsed() >= PROGRESS_EVERY {
-                logged = Instant::now();
-                let done: i64 = self.claims.values().map(|c| c.next_offset).sum();
-                let rate = (self.projected - projected_before) as f64
-                    / started.elapsed().as_secs_f64().max(0.001);
-                tracing::info!(
-                    done,
-                    total,
-                    events_per_sec = rate.round() as u64,
-                    "projecting into the scratch schema"
-                );
-            }
-        }
-        for (partition, target) in targets {
-            let at = self.claims.get(partition).map_or(0, |c| c.next_offset);
-            ensure!(
-                at == *target,
-                "partition {partition} projected up to {at}, not {target}"
-            );
-        }
-        Ok(())
-    }
-
-    /// Commits one batch the way the live projector does: the fast path, then event by event if
-    /// a statement failed.
-    async fn commit(&mut self, batch: &[Record]) -> anyhow::Result<()> {
-        let mut result = self.store.commit_batch(batch, &self.claims, false).await;
-        if let Err(StoreError::Statement(e)) = &result {
-            tracing::warn!(error = %e, "scratch batch failed; retrying event by event");
-            result = self.store.commit_batch(batch, &self.claims, true).await;
-        }
-        let outcome = result.context("cannot commit to the scratch schema")?;
-        ensure!(
-            outcome.fenced.is_empty(),
-            "the scratch schema's offsets moved under verify (partitions {:?})",
-            outcome.fenced
-        );
-        for (partition, next_offset) in outcome.committed {
-            if let Some(claim) = self.claims.get_mut(&partition) {
-                claim.next_offset = next_offset;
-            }
-        }
-        self.projected += batch.len() as u64;
-        Ok(())
-    }
-}
-
-/// Reads the topic from offset 0 on every partition, without a consumer group: partitions are
-/// assigned by hand and nothing is committed. A partition is paused when it reaches its
-/// target; what was read past it is held for the next target, so nothing is read twice or lost.
-struct LogReader {
-    consumer: StreamConsumer,
-    topic: String,
-    /// Next offset to hand out, per partition.
-    position: BTreeMap<i32, i64>,
-    /// Records read but not handed out yet, in log order.
-    held: BTreeMap<i32, VecDeque<Record>>,
-    paused: BTreeSet<i32>,
-}
-
-impl LogReader {
-    fn assign(brokers: &str, topic: &str, partitions: &[i32]) -> anyhow::Result<LogReader> {
-        let consumer: StreamConsumer = ClientConfig::new()
-            .set("bootstrap.servers", brokers)
-            .set("group.id", throwaway_group())
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            // Offset 0 out of range means the log lost its start: say so, never skip.
-            .set("auto.offset.reset", "error")
-            // A partition resumed under the lock is fetched now, not after the broker's long
-            // poll of the others (500 ms by default): the live projector is waiting.
-            .set("fetch.wait.max.ms", "10")
-            .create()
-            .context("cannot create a Kafka consumer")?;
-        let mut assignment = TopicPartitionList::new();
-        for partition in partitions {
-            assignment.add_partition_offset(topic, *partition, Offset::Offset(0))?;
-        }
-        consumer
-            .assign(&assignment)
-            .context("cannot assign the topic's partitions")?;
-        Ok(LogReader {
-            consumer,
-            topic: topic.to_owned(),
-            position: partitions.iter().map(|p| (*p, 0)).collect(),
-            held: BTreeMap::new(),
-            paused: BTreeSet::new(),
-        })
-    }
-
-    /// Up to `max` records, in log order within each partition, none at or past its
-    /// partition's target. Empty once every partition has reached its target.
-    async fn next_batch(
-        &mut self,
-        targets: &BTreeMap<i32, i64>,
-        max: usize,
-    ) -> anyhow::Result<Vec<Record>> {
-        let mut batch = Vec::new();
-        loop {
-            self.hand_out(targets, max, &mut batch);
-            if batch.len() >= max || self.reached(targets) {
-                return Ok(batch);
-            }
-            self.pause_or_resume(targets)?;
-            let message = tokio::time::timeout(STALL_TIMEOUT, self.consumer.recv())
-                .await
-                .map_err(|_| {
-                    anyhow!(
-                        "the broker delivered nothing for {} s; read up to {:?}, need {targets:?}",
-                        STALL_TIMEOUT.as_secs(),
-                        self.position
-                    )
-                })?
-                .context("cannot read the log")?;
-            let record = Record {
-                partition: message.partition(),
-                offset: message.offset(),
-                key: message.key().map(<[u8]>::to_vec),
-                payload: message.payload().map(<[u8]>::to_vec),
-                headers: message
-                    .headers()
-                    .map(|hs| {
-                        hs.iter()
-                            .map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec)))
-                            .collect()
-                    })
-                    .unwrap_or_default(),
-            };
-            drop(message);
-            let held = self.held.entry(record.partition).or_default();
-            let last = held
-                .back()
-                .map(|r| r.offset + 1)
-                .or_else(|| self.position.get(&record.partition).copied())
-                .unwrap_or(0);
-            // A record delivered again (the client may refetch after a pause) is skipped.
-            if record.offset >= last {
-                held.push_back(record);
-            }
-        }
-    }
-
-    /// Moves held records below their partition's target into `batch`.
-    fn hand_out(&mut self, targets: &BTreeMap<i32, i64>, max: usize, batch: &mut Vec<Record>) {
-        for (partition, held) in &mut self.held {
-            let target = targets.get(partition).copied().unwrap_or(0);
-            while batch.len() < max && held.front().is_some_and(|r| r.offset < target) {
-                if let Some(record) = held.pop_front() {
-                    self.position.insert(*partition, record.offset + 1);
-                    batch.push(record);
-                }
-            }
-        }
-    }
-
-    fn reached(&self, targets: &BTreeMap<i32, i64>) -> bool {
-        targets
-            .iter()
-            .all(|(p, target)| self.position.get(p).copied().unwrap_or(0) >= *target)
-    }
-
-    /// Fetches only for partitions that still need records nobody holds: bounds what is held.
-    fn pause_or_resume(&mut self, targets: &BTreeMap<i32, i64>) -> anyhow::Result<()> {
-        let mut pause = TopicPartitionList::new();
-        let mut resume = TopicPartitionList::new();
-        for (partition, position) in &self.position {
-            let needed = *position < targets.get(partition).copied().unwrap_or(0)
-                && self.held.get(partition).is_none_or(VecDeque::is_empty);
-            match (needed, self.paused.contains(partition)) {
-                (true, true) => {
-                    resume.add_partition(&self.topic, *partition);
-                    self.paused.remove(partition);
-                }
-                (false, false) => {
-                    pause.add_partition(&self.topic, *partition);
-                    self.paused.insert(*partition);
-                }
-                _ => {}
-            }
-        }
-        if pause.count() > 0 {
-            self.consumer.pause(&pause)?;
-        }
-        if resume.count() > 0 {
-            self.consumer.resume(&resume)?;
-        }
-        Ok(())
-    }
-}
-
-/// A group id nothing else uses: this client never joins nor commits, but librdkafka wants one.
-fn throwaway_group() -> String {
-    format!("projector-verify-{}", Uuid::new_v4().simple())
 }
 
 /// Compares every derived table of the live schema with the scratch one, in `snapshot`.
@@ -779,16 +501,11 @@ async fn drop_schema(live: &PgPool, schema: &str) -> bool {
 
 impl fmt::Display for VerifyReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let offsets = self
-            .offsets
-            .iter()
-            .map(|(p, o)| format!("{p}:{o}"))
-            .collect::<Vec<_>>()
-            .join(" ");
         writeln!(
             f,
-            "topic {:?} at offsets (partition:next offset) {offsets}",
-            self.topic
+            "topic {:?} at offsets (partition:next offset) {}",
+            self.topic,
+            offsets_text(&self.offsets)
         )?;
         writeln!(
             f,
@@ -803,19 +520,7 @@ impl fmt::Display for VerifyReport {
             self.live_held_for.as_millis()
         )?;
         writeln!(f)?;
-        writeln!(
-            f,
-            "{:<18} {:>12} {:>12} {:>14} {:>16}",
-            "table", "live rows", "rebuilt rows", "only in live", "only in rebuild"
-        )?;
-        for t in &self.tables {
-            writeln!(
-                f,
-                "{:<18} {:>12} {:>12} {:>14} {:>16}",
-                t.table, t.live_rows, t.rebuilt_rows, t.only_in_live, t.only_in_rebuild
-            )?;
-        }
-        writeln!(f)?;
+        write_tables(f, &self.tables)?;
         if self.is_identical() {
             return write!(
                 f,
@@ -828,27 +533,58 @@ impl fmt::Display for VerifyReport {
             "DIFFERENT: {differing} of {} tables differ from what the log says",
             self.tables.len()
         )?;
-        for t in &self.tables {
-            for (side, count, sample) in [
-                ("only in live", t.only_in_live, &t.only_in_live_sample),
-                (
-                    "only in rebuild",
-                    t.only_in_rebuild,
-                    &t.only_in_rebuild_sample,
-                ),
-            ] {
-                if count == 0 {
-                    continue;
-                }
-                writeln!(f, "\n{} ({side}): {count} rows", t.table)?;
-                for row in sample {
-                    writeln!(f, "  {row}")?;
-                }
-                if count > sample.len() as i64 {
-                    writeln!(f, "  ... and {} more", count - sample.len() as i64)?;
-                }
+        write_differences(f, &self.tables)
+    }
+}
+
+/// `0:12 1:40`: partition and next offset.
+pub(crate) fn offsets_text(offsets: &BTreeMap<i32, i64>) -> String {
+    offsets
+        .iter()
+        .map(|(p, o)| format!("{p}:{o}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The row counts and differences per table, then a blank line.
+pub(crate) fn write_tables(f: &mut fmt::Formatter<'_>, tables: &[TableDiff]) -> fmt::Result {
+    writeln!(
+        f,
+        "{:<18} {:>12} {:>12} {:>14} {:>16}",
+        "table", "live rows", "rebuilt rows", "only in live", "only in rebuild"
+    )?;
+    for t in tables {
+        writeln!(
+            f,
+            "{:<18} {:>12} {:>12} {:>14} {:>16}",
+            t.table, t.live_rows, t.rebuilt_rows, t.only_in_live, t.only_in_rebuild
+        )?;
+    }
+    writeln!(f)
+}
+
+/// The sampled differing rows of every table that differs.
+pub(crate) fn write_differences(f: &mut fmt::Formatter<'_>, tables: &[TableDiff]) -> fmt::Result {
+    for t in tables {
+        for (side, count, sample) in [
+            ("only in live", t.only_in_live, &t.only_in_live_sample),
+            (
+                "only in rebuild",
+                t.only_in_rebuild,
+                &t.only_in_rebuild_sample,
+            ),
+        ] {
+            if count == 0 {
+                continue;
+            }
+            writeln!(f, "\n{} ({side}): {count} rows", t.table)?;
+            for row in sample {
+                writeln!(f, "  {row}")?;
+            }
+            if count > sample.len() as i64 {
+                writeln!(f, "  ... and {} more", count - sample.len() as i64)?;
             }
         }
-        Ok(())
     }
+    Ok(())
 }

@@ -1,8 +1,8 @@
 //! End-to-end tests of the write → decide → read pipeline on a real broker and a real
 //! PostgreSQL: the three services over HTTP, projector crashes and takeovers, poison records,
-//! events of older schema versions, a database outage, and `projector verify`. The projector
-//! runs in-process where a test only needs it running, and as a child process where the test
-//! kills it with SIGKILL.
+//! events of older schema versions, a database outage, `projector verify`, and `projector
+//! rebuild` with its generations. The projector runs in-process where a test only needs it
+//! running, and as a child process where the test kills it with SIGKILL.
 
 mod stack;
 
@@ -10,6 +10,7 @@ mod crashes;
 mod determinism;
 mod pipeline;
 mod poison;
+mod rebuild;
 mod schema_versions;
 mod store;
 mod verify;

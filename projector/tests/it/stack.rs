@@ -378,7 +378,16 @@ pub fn end_offsets(brokers: &str, topic: &str) -> BTreeMap<i32, i64> {
 /// Every row of the read models, event history and decisions, as text, in a stable order: two
 /// databases projected from the same log must give equal snapshots. Wall-clock columns are left out.
 pub async fn snapshot(database_url: &str) -> BTreeMap<&'static str, Vec<String>> {
-    let pool = sqlx::PgPool::connect(database_url).await.expect("connect");
+    snapshot_in(database_url, "public").await
+}
+
+/// [`snapshot`] of the read model in `schema` (a generation) of the database.
+pub async fn snapshot_in(database_url: &str, schema: &str) -> BTreeMap<&'static str, Vec<String>> {
+    let options = database_url
+        .parse::<sqlx::postgres::PgConnectOptions>()
+        .expect("database url")
+        .options([("search_path", schema)]);
+    let pool = sqlx::PgPool::connect_with(options).await.expect("connect");
     let queries = [
         ("users", "SELECT row_to_json(t)::text FROM (SELECT * FROM users ORDER BY id) t"),
         ("posts", "SELECT row_to_json(t)::text FROM (SELECT * FROM posts ORDER BY id) t"),

@@ -75,7 +75,7 @@ fn partition_of(accepted: &Accepted) -> i32 {
 }
 
 /// Writes that end applied, rejected, as duplicates, and a record that is not an event.
-async fn mixed_history(stack: &Stack) -> Accepted {
+pub async fn mixed_history(stack: &Stack) -> Accepted {
     let ada = stack.register("Ada").await;
     let bo = stack.register("Bo").await;
     let post = stack.publish(&ada.aggregate_id, "first").await;
