@@ -152,6 +152,26 @@ fn positioned(topic: &str, claims: &BTreeMap<i32, Claim>) -> TopicPartitionList 
     tpl
 }
 
+impl Record {
+    /// Copies a consumed message out of librdkafka's buffer.
+    pub fn from_message(message: &impl Message) -> Record {
+        Record {
+            partition: message.partition(),
+            offset: message.offset(),
+            key: message.key().map(<[u8]>::to_vec),
+            payload: message.payload().map(<[u8]>::to_vec),
+            headers: message
+                .headers()
+                .map(|hs| {
+                    hs.iter()
+                        .map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec)))
+                        .collect()
+                })
+                .unwrap_or_default(),
+        }
+    }
+}
+
 /// Exponential backoff for retries against a dependency that is down.
 struct Backoff(Duration);
 
@@ -293,20 +313,7 @@ impl Projector {
             };
             wait = Duration::ZERO;
             match result {
-                Ok(message) => batch.push(Record {
-                    partition: message.partition(),
-                    offset: message.offset(),
-                    key: message.key().map(<[u8]>::to_vec),
-                    payload: message.payload().map(<[u8]>::to_vec),
-                    headers: message
-                        .headers()
-                        .map(|hs| {
-                            hs.iter()
-                                .map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec)))
-                                .collect()
-                        })
-                        .unwrap_or_default(),
-                }),
+                Ok(message) => batch.push(Record::from_message(&message)),
                 Err(e) => tracing::warn!(error = %e, "consumer error"),
             }
         }

@@ -19,7 +19,6 @@ use anyhow::{Context, anyhow, bail, ensure};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
-use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 use uuid::Uuid;
 
@@ -334,20 +333,7 @@ impl LogReader {
                     )
                 })?
                 .context("cannot read the log")?;
-            let record = Record {
-                partition: message.partition(),
-                offset: message.offset(),
-                key: message.key().map(<[u8]>::to_vec),
-                payload: message.payload().map(<[u8]>::to_vec),
-                headers: message
-                    .headers()
-                    .map(|hs| {
-                        hs.iter()
-                            .map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec)))
-                            .collect()
-                    })
-                    .unwrap_or_default(),
-            };
+            let record = Record::from_message(&message);
             drop(message);
             let held = self.held.entry(record.partition).or_default();
             let last = held
