@@ -15,7 +15,7 @@ use projector::config::{Command, Config, RebuildArgs};
 use projector::generations::{self, DropRefused, Generation, GenerationState};
 use projector::rebuild::{RebuildReport, rebuild};
 
-use crate::stack::{Stack, end_offsets, snapshot, snapshot_in, write_to};
+use crate::stack::{Stack, end_offsets, schema_exists, snapshot, snapshot_in, write_to};
 use crate::verify::mixed_history;
 
 fn config(stack: &Stack, command: &[&str]) -> Config {
@@ -56,18 +56,6 @@ async fn catalogue(stack: &Stack) -> Vec<Generation> {
     let listed = generations::list(&pool).await.expect("list generations");
     pool.close().await;
     listed
-}
-
-async fn schema_exists(stack: &Stack, schema: &str) -> bool {
-    let pool = stack.db.pool().await;
-    let exists =
-        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)")
-            .bind(schema)
-            .fetch_one(&pool)
-            .await
-            .expect("catalog query");
-    pool.close().await;
-    exists
 }
 
 fn log_total(stack: &Stack) -> i64 {

@@ -431,3 +431,16 @@ pub async fn replay_snapshot(brokers: &str, topic: &str) -> BTreeMap<&'static st
     db.drop_database().await;
     snap
 }
+
+/// Whether the stack's database has a schema of that name (a generation, a scratch copy).
+pub async fn schema_exists(stack: &Stack, schema: &str) -> bool {
+    let pool = stack.db.pool().await;
+    let exists =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)")
+            .bind(schema)
+            .fetch_one(&pool)
+            .await
+            .expect("catalog query");
+    pool.close().await;
+    exists
+}

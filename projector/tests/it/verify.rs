@@ -20,7 +20,7 @@ use projector::store::Store;
 use projector::verify::{VerifyReport, verify};
 use test_support::TestDb;
 
-use crate::stack::{Accepted, Stack, end_offsets, write_to};
+use crate::stack::{Accepted, Stack, end_offsets, schema_exists, write_to};
 use crate::store::{record, registered};
 
 /// Verify's configuration for the stack, as `projector verify` would parse it from flags.
@@ -51,18 +51,6 @@ async fn run_verify(stack: &Stack, flags: &[&str]) -> VerifyReport {
     verify(&config, &args, std::future::pending())
         .await
         .expect("verify runs to the end")
-}
-
-async fn schema_exists(stack: &Stack, schema: &str) -> bool {
-    let pool = stack.db.pool().await;
-    let exists =
-        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)")
-            .bind(schema)
-            .fetch_one(&pool)
-            .await
-            .expect("catalog query");
-    pool.close().await;
-    exists
 }
 
 fn partition_of(accepted: &Accepted) -> i32 {
