@@ -103,6 +103,22 @@ pub enum Command {
 
     /// Drops a generation that is not active: its schema and its catalogue row.
     DropGeneration(DropGenerationArgs),
+
+    /// Makes a ready generation the active one: exit 0 switched, 1 refused, 2 could not switch.
+    ///
+    /// Catches the generation up with the active one, then, in one transaction that holds the
+    /// live projector's commits for the last stretch, brings it to exactly the active one's
+    /// offsets, fences the live projector there, marks the generation active and the old one
+    /// retired, and notifies the services (channel read_model_generation). The old generation
+    /// is kept until dropped with drop-generation.
+    Switch(SwitchArgs),
+}
+
+/// Arguments of `projector switch`.
+#[derive(Debug, Clone, Args)]
+pub struct SwitchArgs {
+    /// The generation, as `projector generations` lists it (generation_<n>); it must be ready.
+    pub name: String,
 }
 
 /// Flags of `projector rebuild`.

@@ -19,7 +19,7 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::runtime::Handle;
 
 use crate::Config;
-use crate::store::{BatchOutcome, Claim, Record, Store, StoreError};
+use crate::store::{ActiveStore, BatchOutcome, Claim, Record, StoreError};
 
 /// The partitions this instance owns right now, and its claim on each.
 pub type Ownership = Arc<Mutex<BTreeMap<i32, Claim>>>;
@@ -32,7 +32,7 @@ pub struct Progress {
 
 /// Claims partitions in PostgreSQL when Kafka assigns them, and positions the consumer there.
 struct Rebalancer {
-    store: Store,
+    store: ActiveStore,
     runtime: Handle,
     topic: String,
     owner: String,
@@ -125,7 +125,7 @@ impl Rebalancer {
         loop {
             match self
                 .runtime
-                .block_on(self.store.claim(partitions, &self.owner))
+                .block_on(self.store.get().claim(partitions, &self.owner))
             {
                 Ok(claims) => return Some(claims),
                 Err(e) => tracing::warn!(error = %e, "cannot claim partitions; retrying"),
@@ -192,7 +192,7 @@ impl Backoff {
 /// The consumer loop; [`Projector::run`] returns when `stopping` is set.
 pub struct Projector {
     consumer: BaseConsumer<Rebalancer>,
-    store: Store,
+    store: ActiveStore,
     runtime: Handle,
     topic: String,
     batch_size: usize,
@@ -204,7 +204,7 @@ pub struct Projector {
 impl Projector {
     pub fn new(
         config: &Config,
-        store: Store,
+        store: ActiveStore,
         runtime: Handle,
         stopping: Arc<AtomicBool>,
         progress: Arc<Progress>,
@@ -330,16 +330,24 @@ impl Projector {
     /// unavailable database.
     fn commit(&self, batch: &[Record]) {
         let claims = lock(&self.ownership).clone();
+        let store = self.store.get();
         let mut result = self
             .runtime
-            .block_on(self.store.commit_batch(batch, &claims, false));
+            .block_on(store.commit_batch(batch, &claims, false));
         if let Err(StoreError::Statement(e)) = &result {
             tracing::warn!(error = %e, "batch failed; retrying event by event");
             result = self
                 .runtime
-                .block_on(self.store.commit_batch(batch, &claims, true));
+                .block_on(store.commit_batch(batch, &claims, true));
         }
         match result {
+            Ok(outcome) if !outcome.fenced.is_empty() && self.followed_a_switch() => {
+                // Claimed again in the new generation, from its own offsets: what this batch
+                // did not commit in the old one is read again.
+                let partitions: Vec<i32> = claims.keys().copied().collect();
+                self.advance(&claims, outcome);
+                self.reclaim(partitions);
+            }
             Ok(outcome) => self.advance(&claims, outcome),
             Err(e) => {
                 tracing::error!(error = %e, "batch abandoned; will re-read it from the stored offsets");
@@ -381,9 +389,31 @@ impl Projector {
         lock(&self.progress.outcome).absorb(outcome);
     }
 
+    /// Whether fenced partitions mean that `projector switch` made another generation active;
+    /// if so, the store is now that generation's.
+    fn followed_a_switch(&self) -> bool {
+        match self.runtime.block_on(self.store.follow_active_generation()) {
+            Ok(followed) => followed,
+            Err(e) => {
+                tracing::warn!(
+                    error = format!("{e:#}"),
+                    "cannot read the active generation"
+                );
+                false
+            }
+        }
+    }
+
     /// After an abandoned batch: wait for PostgreSQL, claim our partitions again and re-read
     /// from the stored offsets. Polling with everything paused keeps our group membership.
     fn resync(&self) {
+        let partitions: Vec<i32> = lock(&self.ownership).keys().copied().collect();
+        self.reclaim(partitions);
+    }
+
+    /// Claims `partitions` again (as long as Kafka still assigns them to us) and re-reads them
+    /// from the stored offsets, waiting for PostgreSQL.
+    fn reclaim(&self, mut partitions: Vec<i32>) {
         let mut backoff = Backoff::default();
         loop {
             if let Ok(assignment) = self.consumer.assignment() {
@@ -394,14 +424,23 @@ impl Projector {
             if self.stopping.load(Ordering::Relaxed) {
                 return;
             }
-            let partitions: Vec<i32> = lock(&self.ownership).keys().copied().collect();
+            // A rebalance served by the poll above may have taken some away.
+            if let Ok(assigned) = self.consumer.assignment() {
+                let assigned: Vec<i32> = assigned
+                    .elements_for_topic(&self.topic)
+                    .iter()
+                    .map(|e| e.partition())
+                    .collect();
+                partitions.retain(|p| assigned.contains(p));
+            }
             if partitions.is_empty() {
                 return;
             }
-            match self
-                .runtime
-                .block_on(self.store.claim(&partitions, &owner_of(&self.consumer)))
-            {
+            match self.runtime.block_on(
+                self.store
+                    .get()
+                    .claim(&partitions, &owner_of(&self.consumer)),
+            ) {
                 Ok(claims) => {
                     let assignment = positioned(&self.topic, &claims);
                     if let Err(e) = self

@@ -48,7 +48,7 @@ impl GenerationState {
         }
     }
 
-    fn parse(text: &str) -> anyhow::Result<GenerationState> {
+    pub(crate) fn parse(text: &str) -> anyhow::Result<GenerationState> {
         [
             GenerationState::Building,
             GenerationState::Ready,

@@ -33,6 +33,7 @@ pub mod generations;
 pub mod rebuild;
 mod replay;
 pub mod store;
+pub mod switch;
 pub mod verify;
 
 use std::future::Future;
@@ -50,14 +51,15 @@ use service_kit::metrics::Metrics;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
+use anyhow::Context as _;
 pub use config::Config;
 use consumer::{Ownership, Progress, Projector};
-use store::Store;
+use store::{ActiveStore, Store};
 
 /// Shared with the HTTP handlers.
 #[derive(Clone)]
 struct AppState {
-    store: Store,
+    store: ActiveStore,
     consumer_alive: Arc<AtomicBool>,
     ownership: Ownership,
 }
@@ -81,6 +83,29 @@ impl Application {
             config.db_pool_size,
         )?;
         migrate(&store).await?;
+        // The live read model is the catalogue's active generation; a switch is followed later,
+        // when a batch finds itself fenced.
+        let active = store::active_generation(store.pool())
+            .await
+            .context("cannot read the active read-model generation")?;
+        let store = if active == store.schema() {
+            store
+        } else {
+            let in_generation = Store::connect_lazy_in_schema(
+                &config.database_url,
+                &active,
+                &config.kafka_topic,
+                config.db_pool_size,
+            )?;
+            migrate(&in_generation).await?;
+            store.pool().close().await;
+            in_generation
+        };
+        tracing::info!(
+            generation = store.schema(),
+            "projecting into the active generation"
+        );
+        let store = ActiveStore::new(store, &config.database_url, config.db_pool_size);
         let stopping = Arc::new(AtomicBool::new(false));
         let progress = Arc::new(Progress::default());
         let (projector, ownership) = Projector::new(
@@ -181,7 +206,7 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     }
     let ping = tokio::time::timeout(
         Duration::from_secs(1),
-        sqlx::query("SELECT 1").execute(state.store.pool()),
+        sqlx::query("SELECT 1").execute(state.store.get().pool()),
     )
     .await;
     match ping {

@@ -2,7 +2,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use projector::config::Command;
-use projector::{Application, Config, generations, rebuild, verify};
+use projector::{Application, Config, generations, rebuild, switch, verify};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<ExitCode> {
@@ -17,6 +17,9 @@ async fn main() -> anyhow::Result<ExitCode> {
         }
         Some(Command::Generations) => Ok(generations::run_list(&config).await),
         Some(Command::DropGeneration(args)) => Ok(generations::run_drop(&config, args).await),
+        Some(Command::Switch(args)) => {
+            Ok(switch::run(&config, args, service_kit::shutdown::signal()).await)
+        }
         None => {
             let app = Application::build(config).await?;
             tracing::info!(addr = %app.local_addr()?, "projector listening");

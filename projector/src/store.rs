@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use events::progress::ProgressNotice;
+use events::progress::{FIRST_GENERATION, ProgressNotice};
 use sqlx::Row;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
@@ -107,6 +107,8 @@ pub fn is_transient(e: &sqlx::Error) -> bool {
 pub struct Store {
     pool: PgPool,
     topic: String,
+    /// The read-model generation: the schema the tables are in.
+    schema: String,
     /// Whether a committed batch tells the query API (see [`events::progress`]). Only the live
     /// read model may: a reader would take any other store's progress for the live one's.
     notify_progress: bool,
@@ -115,7 +117,12 @@ pub struct Store {
 impl Store {
     /// A lazy pool: the projector starts while PostgreSQL is down and connects when it returns.
     pub fn connect_lazy(url: &str, topic: &str, pool_size: u32) -> anyhow::Result<Store> {
-        Ok(Self::connect_lazy_with(url.parse()?, topic, pool_size))
+        Ok(Self::connect_lazy_with(
+            url.parse()?,
+            FIRST_GENERATION,
+            topic,
+            pool_size,
+        ))
     }
 
     /// A store whose tables live in `schema` of the database at `url` instead of `public`: the
@@ -136,10 +143,15 @@ impl Store {
         let options = url
             .parse::<PgConnectOptions>()?
             .options([("search_path", schema)]);
-        Ok(Self::connect_lazy_with(options, topic, pool_size))
+        Ok(Self::connect_lazy_with(options, schema, topic, pool_size))
     }
 
-    fn connect_lazy_with(options: PgConnectOptions, topic: &str, pool_size: u32) -> Store {
+    fn connect_lazy_with(
+        options: PgConnectOptions,
+        schema: &str,
+        topic: &str,
+        pool_size: u32,
+    ) -> Store {
         let pool = PgPoolOptions::new()
             .max_connections(pool_size)
             .acquire_timeout(Duration::from_secs(5))
@@ -147,6 +159,7 @@ impl Store {
         Store {
             pool,
             topic: topic.to_owned(),
+            schema: schema.to_owned(),
             notify_progress: true,
         }
     }
@@ -160,6 +173,11 @@ impl Store {
 
     pub fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    /// The read-model generation (schema) this store writes.
+    pub fn schema(&self) -> &str {
+        &self.schema
     }
 
     pub async fn migrate(&self) -> Result<(), sqlx::migrate::MigrateError> {
@@ -212,6 +230,24 @@ impl Store {
         let mut outcome = BatchOutcome::default();
         let partitions: Vec<i32> = claims.keys().copied().collect();
         let mut tx = self.pool.begin().await?;
+
+        // A live store whose generation is no longer the active one (`projector switch` made
+        // another one active) commits nothing: every partition counts as fenced, and the
+        // projector follows the switch. The row lock orders this batch against the switch,
+        // which takes the catalogue row FOR UPDATE before anything else.
+        if self.notify_progress {
+            let state: Option<String> = sqlx::query_scalar(
+                "SELECT state FROM public.read_model_generations WHERE name = $1 FOR KEY SHARE",
+            )
+            .bind(&self.schema)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if state.is_some_and(|s| s != "active") {
+                outcome.fenced = claims.keys().copied().collect();
+                tx.rollback().await?;
+                return Ok(outcome);
+            }
+        }
 
         // The fence: lock our partitions' rows and check nobody moved them since our claim.
         let rows = sqlx::query(
@@ -306,6 +342,7 @@ impl Store {
             let notice = ProgressNotice {
                 topic: self.topic.clone(),
                 offsets: outcome.committed.iter().map(|(p, o)| (*p, *o)).collect(),
+                generation: self.schema.clone(),
             };
             sqlx::query("SELECT pg_notify($1, $2)")
                 .bind(events::progress::CHANNEL)
@@ -327,4 +364,70 @@ pub fn is_plain_identifier(name: &str) -> bool {
         && name
             .chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+}
+
+/// The active read-model generation as the catalogue says, or the first one (`public`) when the
+/// database has no catalogue yet.
+pub async fn active_generation(pool: &PgPool) -> Result<String, sqlx::Error> {
+    let has_catalogue: bool =
+        sqlx::query_scalar("SELECT to_regclass('public.read_model_generations') IS NOT NULL")
+            .fetch_one(pool)
+            .await?;
+    if !has_catalogue {
+        return Ok(FIRST_GENERATION.to_owned());
+    }
+    let active: Option<String> =
+        sqlx::query_scalar("SELECT name FROM public.read_model_generations WHERE state = 'active'")
+            .fetch_optional(pool)
+            .await?;
+    Ok(active.unwrap_or_else(|| FIRST_GENERATION.to_owned()))
+}
+
+/// The store of the active generation, handed to everything that writes the live read model;
+/// replaced when the projector follows a switch. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct ActiveStore {
+    current: std::sync::Arc<std::sync::RwLock<Store>>,
+    url: String,
+    pool_size: u32,
+}
+
+impl ActiveStore {
+    pub fn new(store: Store, url: &str, pool_size: u32) -> ActiveStore {
+        ActiveStore {
+            current: std::sync::Arc::new(std::sync::RwLock::new(store)),
+            url: url.to_owned(),
+            pool_size,
+        }
+    }
+
+    /// The store to use now.
+    pub fn get(&self) -> Store {
+        self.current
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// Moves to the catalogue's active generation if it is not this store's any more. True when
+    /// it moved: every claim made in the old generation is void.
+    pub async fn follow_active_generation(&self) -> anyhow::Result<bool> {
+        let store = self.get();
+        let active = active_generation(store.pool()).await?;
+        if active == store.schema() {
+            return Ok(false);
+        }
+        let next = if active == FIRST_GENERATION {
+            Store::connect_lazy(&self.url, &store.topic, self.pool_size)?
+        } else {
+            Store::connect_lazy_in_schema(&self.url, &active, &store.topic, self.pool_size)?
+        };
+        tracing::info!(from = store.schema(), to = %active, "following the switch to another read-model generation");
+        *self
+            .current
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = next;
+        store.pool().close().await;
+        Ok(true)
+    }
 }

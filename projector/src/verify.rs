@@ -269,9 +269,17 @@ pub(crate) async fn compare_with_live(
 ) -> anyhow::Result<Comparison> {
     let (brokers, topic) = (&config.kafka_brokers, &config.kafka_topic);
     let partitions: Vec<i32> = bounds.keys().copied().collect();
+    // The live read model is the active generation: `public` until a switch.
+    let active = crate::store::active_generation(live)
+        .await
+        .context("cannot read the active read-model generation")?;
+    ensure!(
+        active != schema,
+        "{schema} is the active generation: it cannot be compared with itself"
+    );
 
     // Unlocked: most of the work, while the live projector keeps going.
-    let mut targets = offsets_of(live, LIVE_SCHEMA, topic, &partitions).await?;
+    let mut targets = offsets_of(live, &active, topic, &partitions).await?;
     for round in 1..=CATCH_UP_ROUNDS {
         check_within_log(&mut bounds, brokers, topic, &targets).await?;
         tracing::info!(
@@ -280,7 +288,7 @@ pub(crate) async fn compare_with_live(
             "catching up with the live read model"
         );
         replay.project_up_to(&targets).await?;
-        let moved = offsets_of(live, LIVE_SCHEMA, topic, &partitions).await?;
+        let moved = offsets_of(live, &active, topic, &partitions).await?;
         let behind: i64 = moved
             .iter()
             .map(|(p, o)| o - targets.get(p).copied().unwrap_or(0))
@@ -305,13 +313,13 @@ pub(crate) async fn compare_with_live(
     // From the request on: while it waits, the live projector's next commit queues behind it.
     let held_since = Instant::now();
     sqlx::query(&format!(
-        "LOCK TABLE {LIVE_SCHEMA}.projector_offsets IN SHARE MODE"
+        "LOCK TABLE {active}.projector_offsets IN SHARE MODE"
     ))
     .execute(&mut *lock)
     .await
     .context("cannot hold the live projector (lock on projector_offsets)")?;
     tracing::info!("live projector held");
-    let offsets = offsets_of(&mut *lock, LIVE_SCHEMA, topic, &partitions).await?;
+    let offsets = offsets_of(&mut *lock, &active, topic, &partitions).await?;
     check_within_log(&mut bounds, brokers, topic, &offsets).await?;
     replay.project_up_to(&offsets).await?;
 
@@ -320,7 +328,7 @@ pub(crate) async fn compare_with_live(
         .execute(&mut *snapshot)
         .await?;
     // The snapshot's first read: it sees both generations as they are now.
-    let live_seen = offsets_of(&mut *snapshot, LIVE_SCHEMA, topic, &partitions).await?;
+    let live_seen = offsets_of(&mut *snapshot, &active, topic, &partitions).await?;
     let scratch_seen = offsets_of(&mut *snapshot, schema, topic, &partitions).await?;
     lock.commit().await?;
     let live_held_for = held_since.elapsed();
@@ -335,7 +343,7 @@ pub(crate) async fn compare_with_live(
     );
 
     let started = Instant::now();
-    let tables = compare(&mut snapshot, schema, max_diff_rows).await?;
+    let tables = compare(&mut snapshot, &active, schema, max_diff_rows).await?;
     snapshot.rollback().await?;
     tracing::info!(ms = started.elapsed().as_millis() as u64, "compared");
     Ok(Comparison {
@@ -376,9 +384,10 @@ pub(crate) async fn check_live_schema(live: &PgPool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Compares every derived table of the live schema with the scratch one, in `snapshot`.
+/// Compares every derived table of the live generation with the scratch one, in `snapshot`.
 async fn compare(
     snapshot: &mut PgConnection,
+    live_schema: &str,
     scratch: &str,
     max_rows: u32,
 ) -> anyhow::Result<Vec<TableDiff>> {
@@ -399,7 +408,7 @@ async fn compare(
 
     let mut diffs = Vec::new();
     for (table, left_out) in COMPARED {
-        let live_columns = columns(snapshot, LIVE_SCHEMA, table).await?;
+        let live_columns = columns(snapshot, live_schema, table).await?;
         let scratch_columns = columns(snapshot, scratch, table).await?;
         ensure!(
             live_columns.iter().collect::<BTreeSet<_>>()
@@ -412,7 +421,7 @@ async fn compare(
             .map(|c| format!("\"{}\"", c.replace('"', "\"\"")))
             .collect::<Vec<_>>()
             .join(", ");
-        let live_table = format!("{LIVE_SCHEMA}.{table}");
+        let live_table = format!("{live_schema}.{table}");
         let scratch_table = format!("{scratch}.{table}");
         let (live_rows, rebuilt_rows): (i64, i64) = sqlx::query_as(&format!(
             "SELECT (SELECT count(*) FROM {live_table}), (SELECT count(*) FROM {scratch_table})"

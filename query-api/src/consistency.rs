@@ -10,6 +10,15 @@
 //! whole table after every (re)connect, on the listening connection and after its LISTEN: any
 //! progress committed after the load is then notified. As a last resort for whatever may still
 //! slip through, a request checks the table once more at its deadline before giving up with 503.
+//!
+//! Read-model generations: the follower also LISTENs on the channel `projector switch` notifies
+//! when it makes another generation active. On that notice (and on every (re)connect) it asks
+//! the catalogue for the active generation and, when it changed, first sends the reads to the
+//! new generation's pool ([`ReadModels::switch_to`]), then loads and publishes the new
+//! generation's offsets, and from then on takes only that generation's progress notices. A
+//! waiter woken by the new offsets therefore reads the new generation. A token issued before
+//! the switch stays covered: the switch leaves the new generation at or past the old one's
+//! offsets.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -17,7 +26,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use events::ConsistencyToken;
-use events::progress::ProgressNotice;
+use events::progress::{FIRST_GENERATION, GENERATION_CHANNEL, ProgressNotice};
 use service_kit::metrics::Metrics;
 use sqlx::PgPool;
 use sqlx::postgres::PgListener;
@@ -25,7 +34,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::error::ApiError;
-use crate::read_models::ReadModels;
+use crate::read_models::{InvalidGeneration, ReadModels};
 
 const FIRST_RETRY_DELAY: Duration = Duration::from_millis(100);
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(5);
@@ -58,6 +67,7 @@ impl Watermarks {
     /// connection: it becomes the listening connection, re-established from the pool when lost.
     pub fn start(
         listen_pool: PgPool,
+        read_models: ReadModels,
         topic: String,
         max_wait: Duration,
         metrics: &Metrics,
@@ -66,7 +76,12 @@ impl Watermarks {
         let (publish, latest) = watch::channel(Offsets::new());
         let waiting = Arc::new(AtomicU64::new(0));
         register_gauges(metrics, latest.clone(), waiting.clone());
-        let follower = Follower(tokio::spawn(follow(listen_pool, topic.clone(), publish)));
+        let follower = Follower(tokio::spawn(follow(
+            listen_pool,
+            read_models,
+            topic.clone(),
+            publish,
+        )));
         let watermarks = Watermarks {
             latest,
             topic,
@@ -171,15 +186,20 @@ fn register_gauges(metrics: &Metrics, latest: watch::Receiver<Offsets>, waiting:
 
 /// Runs until aborted: connect and LISTEN, load the table, apply notifications until the
 /// connection is lost, and again; with a growing delay while PostgreSQL is unreachable.
-async fn follow(listen_pool: PgPool, topic: Arc<str>, publish: watch::Sender<Offsets>) {
+async fn follow(
+    listen_pool: PgPool,
+    read_models: ReadModels,
+    topic: Arc<str>,
+    publish: watch::Sender<Offsets>,
+) {
     let mut retry_delay = FIRST_RETRY_DELAY;
     loop {
-        match listen_and_load(&listen_pool, &topic).await {
+        match listen_and_load(&listen_pool, &read_models, &topic).await {
             Ok((mut listener, offsets)) => {
                 publish.send_replace(offsets);
                 retry_delay = FIRST_RETRY_DELAY;
-                tracing::info!(topic = %topic, "following projector progress");
-                let why = apply_notifications(&mut listener, &topic, &publish).await;
+                tracing::info!(topic = %topic, generation = %read_models.generation(), "following projector progress");
+                let why = apply_notifications(&mut listener, &read_models, &topic, &publish).await;
                 tracing::warn!(reason = %why, "stopped following projector progress; reconnecting");
             }
             Err(error) => tracing::warn!(%error, "cannot follow projector progress; retrying"),
@@ -189,24 +209,66 @@ async fn follow(listen_pool: PgPool, topic: Arc<str>, publish: watch::Sender<Off
     }
 }
 
+/// Why the follower could not (re)start.
+#[derive(Debug, thiserror::Error)]
+enum FollowError {
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+    #[error(transparent)]
+    Generation(#[from] InvalidGeneration),
+}
+
 async fn listen_and_load(
     listen_pool: &PgPool,
+    read_models: &ReadModels,
     topic: &str,
-) -> Result<(PgListener, Offsets), sqlx::Error> {
+) -> Result<(PgListener, Offsets), FollowError> {
     let mut listener = PgListener::connect_with(listen_pool).await?;
-    listener.listen(events::progress::CHANNEL).await?;
-    // On the listening connection, after LISTEN: progress committed from here on is notified.
-    let rows: Vec<(i32, i64)> =
-        sqlx::query_as("SELECT partition, next_offset FROM projector_offsets WHERE topic = $1")
-            .bind(topic)
-            .fetch_all(&mut listener)
+    listener
+        .listen_all([events::progress::CHANNEL, GENERATION_CHANNEL])
+        .await?;
+    // On the listening connection, after LISTEN: progress and switches committed from here on
+    // are notified.
+    let offsets = follow_active_generation(&mut listener, read_models, topic).await?;
+    Ok((listener, offsets))
+}
+
+/// Sends the reads to the catalogue's active generation, if they do not go there yet, and
+/// loads its offsets.
+async fn follow_active_generation(
+    listener: &mut PgListener,
+    read_models: &ReadModels,
+    topic: &str,
+) -> Result<Offsets, FollowError> {
+    let has_catalogue: bool =
+        sqlx::query_scalar("SELECT to_regclass('public.read_model_generations') IS NOT NULL")
+            .fetch_one(&mut *listener)
             .await?;
-    Ok((listener, rows.into_iter().collect()))
+    let active: Option<String> = if has_catalogue {
+        sqlx::query_scalar("SELECT name FROM public.read_model_generations WHERE state = 'active'")
+            .fetch_optional(&mut *listener)
+            .await?
+    } else {
+        None
+    };
+    let active = active.unwrap_or_else(|| FIRST_GENERATION.to_owned());
+    if active != read_models.generation() {
+        // Before the offsets are published: whoever they release reads the new generation.
+        read_models.switch_to(&active)?;
+    }
+    let rows: Vec<(i32, i64)> = sqlx::query_as(&format!(
+        "SELECT partition, next_offset FROM {active}.projector_offsets WHERE topic = $1"
+    ))
+    .bind(topic)
+    .fetch_all(&mut *listener)
+    .await?;
+    Ok(rows.into_iter().collect())
 }
 
 /// Applies notifications until one cannot be trusted or the connection is lost; says why.
 async fn apply_notifications(
     listener: &mut PgListener,
+    read_models: &ReadModels,
     topic: &str,
     publish: &watch::Sender<Offsets>,
 ) -> String {
@@ -217,11 +279,21 @@ async fn apply_notifications(
             Ok(None) => return "connection lost".to_owned(),
             Err(error) => return error.to_string(),
         };
+        if notification.channel() == GENERATION_CHANNEL {
+            match follow_active_generation(listener, read_models, topic).await {
+                Ok(offsets) => {
+                    publish.send_replace(offsets);
+                    continue;
+                }
+                Err(error) => return format!("cannot follow the generation switch: {error}"),
+            }
+        }
         let progress: ProgressNotice = match serde_json::from_str(notification.payload()) {
             Ok(progress) => progress,
             Err(error) => return format!("unreadable notification: {error}"),
         };
-        if progress.topic != topic {
+        // Another generation's progress says nothing about the one reads go to.
+        if progress.topic != topic || progress.generation != read_models.generation() {
             continue;
         }
         // Latest wins rather than highest: notifications arrive in commit order, and a projector

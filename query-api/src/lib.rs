@@ -91,14 +91,16 @@ impl Application {
             .max_lifetime(None)
             .connect_lazy_with(pool.connect_options().as_ref().clone());
         let metrics = Metrics::default();
+        let read_models = ReadModels::new(pool);
         let (watermarks, follower) = Watermarks::start(
             listen_pool,
+            read_models.clone(),
             config.kafka_topic.clone(),
             config.consistency_wait(),
             &metrics,
         );
         let state = AppState {
-            read_models: ReadModels::new(pool),
+            read_models,
             watermarks,
             metrics,
         };

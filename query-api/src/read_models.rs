@@ -5,7 +5,12 @@
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use events::progress::FIRST_GENERATION;
 use sqlx::PgPool;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use uuid::Uuid;
 
 use crate::pagination::{Cursor, PageRequest, StreamCursor, StreamPageRequest};
@@ -127,29 +132,98 @@ const DECISION: &str =
 const NEXT_OFFSET: &str =
     "SELECT next_offset FROM projector_offsets WHERE topic = $1 AND partition = $2";
 
-/// Read access to the read models. Cheap to clone (a pool handle).
+/// Read access to the read models of the active generation. Cheap to clone (shared handles).
+///
+/// Each read takes the pool of the generation active at that moment; a switch
+/// ([`switch_to`](ReadModels::switch_to)) replaces it for the reads that follow, while reads in
+/// flight finish on the old one.
 #[derive(Debug, Clone)]
 pub struct ReadModels {
+    current: Arc<RwLock<Generation>>,
+    /// The connection settings of the first generation's pool; the others add a search_path.
+    base: PgConnectOptions,
+    max_connections: u32,
+    acquire_timeout: Duration,
+}
+
+#[derive(Debug)]
+struct Generation {
+    name: String,
     pool: PgPool,
 }
 
 impl ReadModels {
+    /// Reads through `pool`, the first generation's (`public`), until a switch.
     pub fn new(pool: PgPool) -> ReadModels {
-        ReadModels { pool }
+        ReadModels {
+            base: pool.connect_options().as_ref().clone(),
+            max_connections: pool.options().get_max_connections(),
+            acquire_timeout: pool.options().get_acquire_timeout(),
+            current: Arc::new(RwLock::new(Generation {
+                name: FIRST_GENERATION.to_owned(),
+                pool,
+            })),
+        }
+    }
+
+    /// The generation (schema) reads go to now.
+    pub fn generation(&self) -> String {
+        self.read_current().name.clone()
+    }
+
+    fn pool(&self) -> PgPool {
+        self.read_current().pool.clone()
+    }
+
+    fn read_current(&self) -> std::sync::RwLockReadGuard<'_, Generation> {
+        self.current
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Sends every read from now on to generation `name`: a new lazy pool whose connections
+    /// have that schema alone on their search_path. The old pool closes once its reads in
+    /// flight are done.
+    pub fn switch_to(&self, name: &str) -> Result<(), InvalidGeneration> {
+        if !is_plain_identifier(name) {
+            return Err(InvalidGeneration(name.to_owned()));
+        }
+        let options = if name == FIRST_GENERATION {
+            self.base.clone()
+        } else {
+            self.base.clone().options([("search_path", name)])
+        };
+        let pool = PgPoolOptions::new()
+            .max_connections(self.max_connections)
+            .acquire_timeout(self.acquire_timeout)
+            .connect_lazy_with(options);
+        let old = std::mem::replace(
+            &mut *self
+                .current
+                .write()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+            Generation {
+                name: name.to_owned(),
+                pool,
+            },
+        );
+        tracing::info!(from = %old.name, to = name, "reading from another read-model generation");
+        tokio::spawn(async move { old.pool.close().await });
+        Ok(())
     }
 
     /// A live user.
     pub async fn user(&self, id: Uuid) -> Result<Option<User>, sqlx::Error> {
         sqlx::query_as(USER)
             .bind(id)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&self.pool())
             .await
     }
 
     pub async fn live_user_exists(&self, id: Uuid) -> Result<bool, sqlx::Error> {
         sqlx::query_scalar(LIVE_USER_EXISTS)
             .bind(id)
-            .fetch_one(&self.pool)
+            .fetch_one(&self.pool())
             .await
     }
 
@@ -157,7 +231,7 @@ impl ReadModels {
     pub async fn post(&self, id: Uuid) -> Result<Option<Post>, sqlx::Error> {
         sqlx::query_as(POST)
             .bind(id)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&self.pool())
             .await
     }
 
@@ -168,7 +242,7 @@ impl ReadModels {
             None => {
                 sqlx::query_as(FEED_FIRST)
                     .bind(rows)
-                    .fetch_all(&self.pool)
+                    .fetch_all(&self.pool())
                     .await
             }
             Some(after) => {
@@ -176,7 +250,7 @@ impl ReadModels {
                     .bind(rows)
                     .bind(after.created_at)
                     .bind(after.id)
-                    .fetch_all(&self.pool)
+                    .fetch_all(&self.pool())
                     .await
             }
         }
@@ -194,7 +268,7 @@ impl ReadModels {
                 sqlx::query_as(BY_AUTHOR_FIRST)
                     .bind(author_id)
                     .bind(rows)
-                    .fetch_all(&self.pool)
+                    .fetch_all(&self.pool())
                     .await
             }
             Some(after) => {
@@ -203,7 +277,7 @@ impl ReadModels {
                     .bind(rows)
                     .bind(after.created_at)
                     .bind(after.id)
-                    .fetch_all(&self.pool)
+                    .fetch_all(&self.pool())
                     .await
             }
         }
@@ -220,7 +294,7 @@ impl ReadModels {
             .bind(aggregate_id)
             .bind(page.start_version)
             .bind(page.rows_to_fetch())
-            .fetch_all(&self.pool)
+            .fetch_all(&self.pool())
             .await
     }
 
@@ -228,14 +302,14 @@ impl ReadModels {
     pub async fn stream_exists(&self, aggregate_id: Uuid) -> Result<bool, sqlx::Error> {
         sqlx::query_scalar(STREAM_EXISTS)
             .bind(aggregate_id)
-            .fetch_one(&self.pool)
+            .fetch_one(&self.pool())
             .await
     }
 
     pub async fn decision(&self, command_id: Uuid) -> Result<Option<Decision>, sqlx::Error> {
         sqlx::query_as(DECISION)
             .bind(command_id)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&self.pool())
             .await
     }
 
@@ -248,11 +322,30 @@ impl ReadModels {
         sqlx::query_scalar(NEXT_OFFSET)
             .bind(topic)
             .bind(partition)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&self.pool())
             .await
     }
 
     pub async fn ping(&self) -> Result<(), sqlx::Error> {
-        sqlx::query("SELECT 1").execute(&self.pool).await.map(drop)
+        sqlx::query("SELECT 1")
+            .execute(&self.pool())
+            .await
+            .map(drop)
     }
+}
+
+/// A generation name that is no plain schema name: never put into a search_path.
+#[derive(Debug, thiserror::Error)]
+#[error("{0:?} is not a read-model generation name")]
+pub struct InvalidGeneration(pub String);
+
+/// Lower-case letters, digits and underscores, not starting with a digit: needs no quoting.
+pub fn is_plain_identifier(name: &str) -> bool {
+    name.chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && name.len() <= 63
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
 }

@@ -13,4 +13,5 @@ mod poison;
 mod rebuild;
 mod schema_versions;
 mod store;
+mod switch;
 mod verify;

@@ -18,7 +18,7 @@ use projector::rebuild::{RebuildReport, rebuild};
 use crate::stack::{Stack, end_offsets, schema_exists, snapshot, snapshot_in, write_to};
 use crate::verify::mixed_history;
 
-fn config(stack: &Stack, command: &[&str]) -> Config {
+pub fn config(stack: &Stack, command: &[&str]) -> Config {
     let mut argv = vec![
         "projector".to_owned(),
         format!("--database-url={}", stack.db.url),
@@ -44,14 +44,14 @@ fn rebuild_config(stack: &Stack, flags: &[&str]) -> (Config, RebuildArgs) {
     (config, args)
 }
 
-async fn run_rebuild(stack: &Stack, flags: &[&str]) -> RebuildReport {
+pub async fn run_rebuild(stack: &Stack, flags: &[&str]) -> RebuildReport {
     let (config, args) = rebuild_config(stack, flags);
     rebuild(&config, &args, std::future::pending())
         .await
         .expect("rebuild runs")
 }
 
-async fn catalogue(stack: &Stack) -> Vec<Generation> {
+pub async fn catalogue(stack: &Stack) -> Vec<Generation> {
     let pool = stack.db.pool().await;
     let listed = generations::list(&pool).await.expect("list generations");
     pool.close().await;
