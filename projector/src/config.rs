@@ -8,7 +8,8 @@ pub use service_kit::telemetry::LogFormat;
 /// Decides the events of the log in order and materializes them into PostgreSQL.
 ///
 /// Without a subcommand it runs the projector; `projector verify` checks the read model instead,
-/// and `projector rebuild` projects the log again into a new read-model generation.
+/// `projector rebuild` projects the log again into a new read-model generation, and `projector
+/// switch` makes the services use a rebuilt one.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "projector", version)]
 pub struct Config {
@@ -94,8 +95,8 @@ pub enum Command {
     /// position, then compared with it table by table at one consistent point, exactly as
     /// `verify` does. A generation that equals the live read model is marked `ready`; one that
     /// differs is marked `failed` and its differing rows are printed. Never writes to the live
-    /// read model, and sends no progress notices. The switch to a ready generation is not
-    /// built yet.
+    /// read model, and sends no progress notices. `projector switch` makes a ready generation
+    /// active.
     Rebuild(RebuildArgs),
 
     /// Lists the read-model generations: name, state, events, created and completed times.

@@ -247,7 +247,7 @@ pub(crate) async fn events_in(live: &PgPool, name: &str, topic: &str) -> anyhow:
 pub enum DropRefused {
     #[error(
         "{0:?} is not a generation that can be dropped: only {GENERATION_PREFIX}<n> schemas are \
-         (public is the live read model)"
+         (public also holds the generations catalogue)"
     )]
     NotAGeneration(String),
     #[error("{0} is the active generation: the services use it")]

@@ -20,6 +20,8 @@
 //!   (resumably) and verifies it the way `verify` does.
 //! - [`generations`]: the generations' catalogue; `projector generations` and
 //!   `projector drop-generation`.
+//! - [`switch`]: `projector switch`, which makes a ready generation the active one; the live
+//!   projector follows it through [`store::ActiveStore`].
 //! - `replay`: what verify and rebuild share: the log read by hand-assigned partitions, the
 //!   projection into a store other than the live one, progress bars or log lines.
 //!

@@ -18,7 +18,7 @@
 //!    resumed) when rows differ; `building` when stopped before the end.
 //!
 //! The live read model is only read (and its commits held for the last catch-up, as by
-//! `verify`). Switching the services to a ready generation is not built yet.
+//! `verify`). `projector switch` ([`switch`](crate::switch)) makes a ready generation active.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -251,8 +251,8 @@ impl fmt::Display for RebuildReport {
         if self.is_ready() {
             return write!(
                 f,
-                "READY: {} equals the live read model; switching to it is not built yet",
-                self.generation
+                "READY: {} equals the live read model; `projector switch {}` makes it active",
+                self.generation, self.generation
             );
         }
         let differing = comparison

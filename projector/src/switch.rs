@@ -5,9 +5,12 @@
 //! 2. Catch-up without holding anything: a ready generation stands where the live read model
 //!    stood when it was verified; a [`Replay`] projects it up to the active generation's current
 //!    offsets.
-//! 3. The switch, in one transaction on the live database: the catalogue rows are locked,
-//!    `LOCK TABLE <active>.projector_offsets IN SHARE MODE` holds the live projector's commits
-//!    (readers are not affected; the same lock `verify` takes), the active generation's offsets
+//! 3. The switch, in one transaction on the live database: the catalogue rows are locked
+//!    `FOR UPDATE` (each live batch takes its generation's row `FOR KEY SHARE` first, so batches
+//!    queue behind the switch and see its outcome, and no batch holds offset rows the switch
+//!    must update: no deadlock), `LOCK TABLE <active>.projector_offsets IN SHARE MODE` holds the
+//!    live projector's commits (readers are not affected; the same lock `verify` takes), the
+//!    active generation's offsets
 //!    are read under the lock and the new generation is projected up to exactly them (checked).
 //!    Then, still in that transaction: every epoch of the old generation's `projector_offsets`
 //!    is bumped, which fences whatever batch the live projector has in flight there; the
@@ -15,8 +18,9 @@
 //!    tells the services. Commit makes all of it visible at once. The old generation stays
 //!    until `drop-generation` removes it.
 //!
-//! Following the switch (the live projector moving its store, the query API its pool) is the
-//! services' part; see the README, "Rebuild the read model".
+//! The services follow: a live batch whose generation is no longer active commits nothing, and
+//! the projector moves its [`ActiveStore`](crate::store::ActiveStore) to the new generation;
+//! the query API moves its pool on the notice. See the README, "Switch to a rebuilt generation".
 
 use std::collections::BTreeMap;
 use std::fmt;

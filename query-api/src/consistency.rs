@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use events::ConsistencyToken;
-use events::progress::{FIRST_GENERATION, GENERATION_CHANNEL, ProgressNotice};
+use events::progress::{GENERATION_CHANNEL, ProgressNotice};
 use service_kit::metrics::Metrics;
 use sqlx::PgPool;
 use sqlx::postgres::PgListener;
@@ -34,7 +34,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::error::ApiError;
-use crate::read_models::{InvalidGeneration, ReadModels};
+use crate::read_models::{self, InvalidGeneration, ReadModels};
 
 const FIRST_RETRY_DELAY: Duration = Duration::from_millis(100);
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(5);
@@ -240,18 +240,7 @@ async fn follow_active_generation(
     read_models: &ReadModels,
     topic: &str,
 ) -> Result<Offsets, FollowError> {
-    let has_catalogue: bool =
-        sqlx::query_scalar("SELECT to_regclass('public.read_model_generations') IS NOT NULL")
-            .fetch_one(&mut *listener)
-            .await?;
-    let active: Option<String> = if has_catalogue {
-        sqlx::query_scalar("SELECT name FROM public.read_model_generations WHERE state = 'active'")
-            .fetch_optional(&mut *listener)
-            .await?
-    } else {
-        None
-    };
-    let active = active.unwrap_or_else(|| FIRST_GENERATION.to_owned());
+    let active = read_models::active_generation(&mut *listener).await?;
     if active != read_models.generation() {
         // Before the offsets are published: whoever they release reads the new generation.
         read_models.switch_to(&active)?;

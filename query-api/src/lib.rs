@@ -91,7 +91,19 @@ impl Application {
             .max_lifetime(None)
             .connect_lazy_with(pool.connect_options().as_ref().clone());
         let metrics = Metrics::default();
-        let read_models = ReadModels::new(pool);
+        let read_models = ReadModels::new(pool.clone());
+        // Reads go to the active generation from the first one on, not to a retired one until
+        // the follower has looked. While PostgreSQL is down the follower finds it later.
+        let active = tokio::time::timeout(
+            config.db_acquire_timeout(),
+            read_models::active_generation(&pool),
+        )
+        .await;
+        if let Ok(Ok(active)) = active
+            && active != read_models.generation()
+        {
+            read_models.switch_to(&active)?;
+        }
         let (watermarks, follower) = Watermarks::start(
             listen_pool,
             read_models.clone(),

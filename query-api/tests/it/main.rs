@@ -6,6 +6,7 @@
 mod commands;
 mod conditional;
 mod consistency;
+mod generations;
 mod helpers;
 mod outage;
 mod pagination;
