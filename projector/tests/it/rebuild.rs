@@ -1,7 +1,7 @@
 //! `projector rebuild` and the generations: a rebuild ends in a `ready` generation equal to the
 //! live read model; an interrupted one resumes where it stopped and ends the same; the live
 //! pipeline keeps deciding and answering token reads during a rebuild; drop-generation removes
-//! a generation and refuses the live or active one; the binary's exit codes.
+//! a generation and refuses public or the active one; the binary's exit codes (switch too).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -240,7 +240,7 @@ async fn the_live_pipeline_keeps_deciding_and_answering_during_a_rebuild() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn drop_generation_removes_it_and_refuses_the_live_and_the_active_one() {
+async fn drop_generation_removes_it_and_refuses_public_and_the_active_one() {
     let stack = Stack::start().await;
     let ada = stack.register("Ada").await;
     stack.publish(&ada.aggregate_id, "hello").await;
@@ -264,10 +264,17 @@ async fn drop_generation_removes_it_and_refuses_the_live_and_the_active_one() {
         "{refused:?}"
     );
     let pool = stack.db.pool().await;
-    sqlx::query("UPDATE read_model_generations SET state = 'active' WHERE name = 'generation_2'")
-        .execute(&pool)
+    projector::switch::switch(&config, "generation_2", std::future::pending())
         .await
-        .expect("pretend generation_2 was switched to");
+        .expect("switch runs")
+        .expect("generation_2 is ready");
+    let refused = generations::drop_generation(&config, "public")
+        .await
+        .expect("answers");
+    assert!(
+        matches!(refused, Err(DropRefused::NotAGeneration(_))),
+        "public, retired, is kept: {refused:?}"
+    );
     let refused = generations::drop_generation(&config, "generation_2")
         .await
         .expect("answers");
@@ -292,13 +299,13 @@ async fn drop_generation_removes_it_and_refuses_the_live_and_the_active_one() {
         .fetch_one(&pool)
         .await
         .expect("live users");
-    assert_eq!(users, 1, "the live read model is untouched");
+    assert_eq!(users, 1, "the retired read model is untouched");
     pool.close().await;
     stack.db.drop_database().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_binary_exits_0_ready_1_different_2_cannot_3_stopped() {
+async fn the_binary_exits_0_ready_1_different_2_cannot_3_stopped_and_switches() {
     let stack = Stack::start().await;
     let ada = stack.register("Ada").await;
     stack.publish(&ada.aggregate_id, "hello").await;
@@ -377,6 +384,23 @@ async fn the_binary_exits_0_ready_1_different_2_cannot_3_stopped() {
     let (code, stdout) = run(&["drop-generation", "generation_2"], topic.clone()).await;
     assert_eq!(code, Some(0), "{stdout}");
     assert!(!schema_exists(&stack, "generation_2").await);
+
+    let (code, stdout) = run(&["switch", "generation_7"], topic.clone()).await;
+    assert_eq!(code, Some(1), "{stdout}");
+    assert!(stdout.contains("refused"), "{stdout}");
+    let (code, stdout) = run(
+        &["switch", "generation_1"],
+        test_support::unique_topic("missing"),
+    )
+    .await;
+    assert_eq!(code, Some(2), "{stdout}");
+    assert!(stdout.contains("could not switch"), "{stdout}");
+    let (code, stdout) = run(&["switch", "generation_1"], topic.clone()).await;
+    assert_eq!(code, Some(0), "{stdout}");
+    assert!(
+        stdout.contains("SWITCHED: generation_1 is active"),
+        "{stdout}"
+    );
     pool.close().await;
     stack.db.drop_database().await;
 }

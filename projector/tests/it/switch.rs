@@ -1,7 +1,8 @@
 //! `projector switch`: a ready generation becomes the active one, and the live projector and
 //! the query API follow it: writes are decided into the new generation, reads and token reads
 //! are answered from it, a token issued before the switch is honoured after it, and under a
-//! steady stream of writes and token reads no read fails or is stale. Switching to a generation
+//! steady stream of writes and token reads no read fails or is stale. A second rebuild is verified
+//! against the active generation and switched to the same way. Switching to a generation
 //! that is not ready is refused.
 
 use std::sync::Arc;
@@ -257,5 +258,60 @@ async fn only_a_ready_generation_can_be_switched_to() {
             ("generation_1", GenerationState::Active)
         ]
     );
+    stack.db.drop_database().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_rebuild_is_verified_against_the_active_generation_and_switched_to() {
+    let stack = Stack::start().await;
+    mixed_history(&stack).await;
+    stack.wait_caught_up().await;
+    assert!(run_rebuild(&stack, &[]).await.is_ready());
+    run_switch(&stack, "generation_1").await;
+    let between = stack.register("between the switches").await;
+    assert_eq!(stack.decision(&between).await["status"], "applied");
+
+    // Verified against generation_1, which has the write public never saw.
+    let second = run_rebuild(&stack, &[]).await;
+    assert!(second.is_ready(), "{second}");
+    assert_eq!(second.generation, "generation_2");
+    let report = run_switch(&stack, "generation_2").await;
+    assert_eq!(
+        (report.from.as_str(), report.to.as_str()),
+        ("generation_1", "generation_2")
+    );
+    assert!(report.to_string().contains("drop-generation generation_1"));
+
+    let at_switch = users_in(&stack, "generation_1").await;
+    let after = stack.register("after the second switch").await;
+    let (status, body) = stack
+        .read(
+            &format!("/v1/users/{}", after.aggregate_id),
+            Some(&after.token),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["display_name"], "after the second switch");
+    assert_eq!(users_in(&stack, "generation_2").await, at_switch + 1);
+    assert_eq!(users_in(&stack, "generation_1").await, at_switch);
+
+    let states: Vec<(String, GenerationState)> = catalogue(&stack)
+        .await
+        .into_iter()
+        .map(|g| (g.name, g.state))
+        .collect();
+    assert_eq!(
+        states,
+        [
+            ("public".to_owned(), GenerationState::Retired),
+            ("generation_1".to_owned(), GenerationState::Retired),
+            ("generation_2".to_owned(), GenerationState::Active)
+        ]
+    );
+    let config = config(&stack, &["generations"]);
+    generations::drop_generation(&config, "generation_1")
+        .await
+        .expect("answers")
+        .expect("a retired generation is dropped");
     stack.db.drop_database().await;
 }
