@@ -348,10 +348,12 @@ fn newest_pg_bin() -> PathBuf {
     PathBuf::from(format!("/usr/lib/postgresql/{version}/bin"))
 }
 
-/// A plain HTTP client for the tests.
+/// A plain HTTP client for the tests. Its timeout is a last resort against a hang, longer than
+/// any bound a service under test applies itself (the tests' consistency wait is 60 s), so that
+/// a slow answer fails on the service's own terms (a 503), not on the client's.
 pub fn http() -> reqwest::Client {
     reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
+        .timeout(Duration::from_secs(120))
         .build()
         .expect("http client")
 }
