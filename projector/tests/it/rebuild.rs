@@ -3,19 +3,13 @@
 //! pipeline keeps deciding and answering token reads during a rebuild; drop-generation removes
 //! a generation and refuses public or the active one; the binary's exit codes (switch too).
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-
 use clap::Parser;
-use reqwest::{Method, StatusCode};
-use serde_json::json;
-use tokio::sync::watch;
 
 use projector::config::{Command, Config, RebuildArgs};
 use projector::generations::{self, DropRefused, Generation, GenerationState};
 use projector::rebuild::{RebuildReport, rebuild};
 
-use crate::stack::{Stack, end_offsets, schema_exists, snapshot, snapshot_in, write_to};
+use crate::stack::{ReadYourWritesLoad, Stack, end_offsets, schema_exists, snapshot, snapshot_in};
 use crate::verify::mixed_history;
 
 pub fn config(stack: &Stack, command: &[&str]) -> Config {
@@ -173,52 +167,12 @@ async fn an_interrupted_rebuild_resumes_where_it_stopped_and_ends_the_same() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_live_pipeline_keeps_deciding_and_answering_during_a_rebuild() {
     let stack = Stack::start().await;
-    let (written_tx, mut written) = watch::channel(0_u64);
-    let stop = Arc::new(AtomicBool::new(false));
-    let writer = {
-        let (client, command_url, query_url, stop) = (
-            stack.client.clone(),
-            stack.command.url.clone(),
-            stack.query.url.clone(),
-            stop.clone(),
-        );
-        tokio::spawn(async move {
-            let mut count = 0_u64;
-            while !stop.load(Ordering::Relaxed) {
-                let name = format!("writer {count}");
-                let user = write_to(
-                    &client,
-                    &command_url,
-                    Method::POST,
-                    "/v1/users",
-                    Some(json!({"display_name": name})),
-                    &[],
-                )
-                .await;
-                let read = client
-                    .get(format!("{query_url}/v1/users/{}", user.aggregate_id))
-                    .header("Consistency-Token", &user.token)
-                    .send()
-                    .await
-                    .expect("read");
-                assert_eq!(read.status(), StatusCode::OK, "token read of {user:?}");
-                let body: serde_json::Value = read.json().await.expect("json");
-                assert_eq!(body["display_name"], name.as_str(), "not stale");
-                count += 1;
-                written_tx.send_replace(count);
-            }
-            count
-        })
-    };
-    written
-        .wait_for(|n| *n >= 10)
-        .await
-        .expect("the writer is writing");
+    let mut load = ReadYourWritesLoad::start(&stack);
+    load.wait_for(10).await;
 
     let report = run_rebuild(&stack, &["--batch-size=2"]).await;
-    let during = *written.borrow();
-    stop.store(true, Ordering::Relaxed);
-    let total = writer.await.expect("every token read succeeded");
+    let during = load.so_far();
+    let total = load.stop().await;
 
     assert!(report.is_ready(), "{report}");
     assert!(report.events >= 10, "{report}");

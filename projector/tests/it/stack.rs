@@ -444,3 +444,78 @@ pub async fn schema_exists(stack: &Stack, schema: &str) -> bool {
     pool.close().await;
     exists
 }
+
+/// A client that keeps registering users and reading each one back with its write's token,
+/// asserting that every read answers 200 with that write: the load under which a rebuild or a
+/// switch must cause no failed and no stale read.
+pub struct ReadYourWritesLoad {
+    written: tokio::sync::watch::Receiver<u64>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<u64>,
+}
+
+impl ReadYourWritesLoad {
+    pub fn start(stack: &Stack) -> ReadYourWritesLoad {
+        use std::sync::atomic::Ordering;
+        let (written_tx, written) = tokio::sync::watch::channel(0_u64);
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (client, command_url, query_url, stopping) = (
+            stack.client.clone(),
+            stack.command.url.clone(),
+            stack.query.url.clone(),
+            stop.clone(),
+        );
+        let task = tokio::spawn(async move {
+            let mut count = 0_u64;
+            while !stopping.load(Ordering::Relaxed) {
+                let name = format!("writer {count}");
+                let user = write_to(
+                    &client,
+                    &command_url,
+                    Method::POST,
+                    "/v1/users",
+                    Some(serde_json::json!({"display_name": name})),
+                    &[],
+                )
+                .await;
+                let read = client
+                    .get(format!("{query_url}/v1/users/{}", user.aggregate_id))
+                    .header("Consistency-Token", &user.token)
+                    .send()
+                    .await
+                    .expect("read");
+                assert_eq!(read.status(), StatusCode::OK, "token read of {user:?}");
+                let body: Value = read.json().await.expect("json");
+                assert_eq!(body["display_name"], name.as_str(), "not stale");
+                count += 1;
+                written_tx.send_replace(count);
+            }
+            count
+        });
+        ReadYourWritesLoad {
+            written,
+            stop,
+            task,
+        }
+    }
+
+    /// Waits until at least `n` writes were read back.
+    pub async fn wait_for(&mut self, n: u64) {
+        self.written
+            .wait_for(|done| *done >= n)
+            .await
+            .expect("the writer is writing");
+    }
+
+    /// Writes read back so far.
+    pub fn so_far(&self) -> u64 {
+        *self.written.borrow()
+    }
+
+    /// Stops the load and returns how many writes it read back; fails the test if any read
+    /// failed or was stale.
+    pub async fn stop(self) -> u64 {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.task.await.expect("every token read succeeded")
+    }
+}

@@ -5,18 +5,13 @@
 //! against the active generation and switched to the same way. Switching to a generation
 //! that is not ready is refused.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-
-use reqwest::{Method, StatusCode};
-use serde_json::json;
-use tokio::sync::watch;
+use reqwest::StatusCode;
 
 use projector::generations::{self, GenerationState};
 use projector::switch::{SwitchRefused, switch};
 
 use crate::rebuild::{catalogue, config, run_rebuild};
-use crate::stack::{Stack, end_offsets, write_to};
+use crate::stack::{ReadYourWritesLoad, Stack, end_offsets};
 use crate::verify::mixed_history;
 
 async fn users_in(stack: &Stack, schema: &str) -> i64 {
@@ -130,57 +125,14 @@ async fn after_a_switch_writes_and_reads_go_to_the_new_generation() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_read_fails_or_is_stale_while_the_services_switch() {
     let stack = Stack::start().await;
-    let (written_tx, mut written) = watch::channel(0_u64);
-    let stop = Arc::new(AtomicBool::new(false));
-    let writer = {
-        let (client, command_url, query_url, stop) = (
-            stack.client.clone(),
-            stack.command.url.clone(),
-            stack.query.url.clone(),
-            stop.clone(),
-        );
-        tokio::spawn(async move {
-            let mut count = 0_u64;
-            while !stop.load(Ordering::Relaxed) {
-                let name = format!("writer {count}");
-                let user = write_to(
-                    &client,
-                    &command_url,
-                    Method::POST,
-                    "/v1/users",
-                    Some(json!({"display_name": name})),
-                    &[],
-                )
-                .await;
-                let read = client
-                    .get(format!("{query_url}/v1/users/{}", user.aggregate_id))
-                    .header("Consistency-Token", &user.token)
-                    .send()
-                    .await
-                    .expect("read");
-                assert_eq!(read.status(), StatusCode::OK, "token read of {user:?}");
-                let body: serde_json::Value = read.json().await.expect("json");
-                assert_eq!(body["display_name"], name.as_str(), "not stale");
-                count += 1;
-                written_tx.send_replace(count);
-            }
-            count
-        })
-    };
-    written
-        .wait_for(|n| *n >= 10)
-        .await
-        .expect("the writer is writing");
+    let mut load = ReadYourWritesLoad::start(&stack);
+    load.wait_for(10).await;
     assert!(run_rebuild(&stack, &["--batch-size=2"]).await.is_ready());
-    let at_switch = *written.borrow();
+    let at_switch = load.so_far();
     let report = run_switch(&stack, "generation_1").await;
     println!("{report}");
-    written
-        .wait_for(|n| *n >= at_switch + 10)
-        .await
-        .expect("the writer goes on after the switch");
-    stop.store(true, Ordering::Relaxed);
-    let total = writer.await.expect("every token read succeeded");
+    load.wait_for(at_switch + 10).await;
+    let total = load.stop().await;
 
     assert!(total >= at_switch + 10);
     stack.wait_caught_up().await;
