@@ -47,24 +47,15 @@ pub struct Cursor {
 
 impl Cursor {
     pub fn encode(&self) -> String {
-        let mut bytes = Vec::with_capacity(CURSOR_LEN);
-        bytes.push(CURSOR_VERSION);
-        bytes.extend_from_slice(&self.created_at.timestamp_micros().to_be_bytes());
-        bytes.extend_from_slice(self.id.as_bytes());
-        URL_SAFE_NO_PAD.encode(bytes)
+        let mut payload = Vec::with_capacity(CURSOR_LEN - 1);
+        payload.extend_from_slice(&self.created_at.timestamp_micros().to_be_bytes());
+        payload.extend_from_slice(self.id.as_bytes());
+        frame(CURSOR_VERSION, &payload)
     }
 
     pub fn decode(text: &str) -> Result<Cursor, PageError> {
-        let bytes = URL_SAFE_NO_PAD
-            .decode(text)
-            .map_err(|_| PageError::Cursor)?;
-        let [version, rest @ ..] = bytes.as_slice() else {
-            return Err(PageError::Cursor);
-        };
-        if *version != CURSOR_VERSION || bytes.len() != CURSOR_LEN {
-            return Err(PageError::Cursor);
-        }
-        let (micros, id) = rest.split_at(8);
+        let payload = unframe(text, CURSOR_VERSION, CURSOR_LEN)?;
+        let (micros, id) = payload.split_at(8);
         let micros = i64::from_be_bytes(micros.try_into().map_err(|_| PageError::Cursor)?);
         let id = Uuid::from_slice(id).map_err(|_| PageError::Cursor)?;
         let created_at = DateTime::from_timestamp_micros(micros).ok_or(PageError::Cursor)?;
@@ -75,6 +66,27 @@ impl Cursor {
         }
         Ok(Cursor { created_at, id })
     }
+}
+
+/// A cursor's text: its format byte, then its payload, base64url without padding.
+fn frame(format: u8, payload: &[u8]) -> String {
+    let mut bytes = Vec::with_capacity(1 + payload.len());
+    bytes.push(format);
+    bytes.extend_from_slice(payload);
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// The payload of a cursor `frame` made with `format`, `len` bytes in all; anything else is a
+/// cursor we never issued.
+fn unframe(text: &str, format: u8, len: usize) -> Result<Vec<u8>, PageError> {
+    let mut bytes = URL_SAFE_NO_PAD
+        .decode(text)
+        .map_err(|_| PageError::Cursor)?;
+    if bytes.len() != len || bytes.first() != Some(&format) {
+        return Err(PageError::Cursor);
+    }
+    bytes.remove(0);
+    Ok(bytes)
 }
 
 fn earliest() -> DateTime<Utc> {
@@ -99,23 +111,12 @@ pub struct StreamCursor {
 
 impl StreamCursor {
     pub fn encode(&self) -> String {
-        let mut bytes = Vec::with_capacity(STREAM_CURSOR_LEN);
-        bytes.push(STREAM_CURSOR_VERSION);
-        bytes.extend_from_slice(&self.version.to_be_bytes());
-        URL_SAFE_NO_PAD.encode(bytes)
+        frame(STREAM_CURSOR_VERSION, &self.version.to_be_bytes())
     }
 
     pub fn decode(text: &str) -> Result<StreamCursor, PageError> {
-        let bytes = URL_SAFE_NO_PAD
-            .decode(text)
-            .map_err(|_| PageError::Cursor)?;
-        let [version_byte, rest @ ..] = bytes.as_slice() else {
-            return Err(PageError::Cursor);
-        };
-        if *version_byte != STREAM_CURSOR_VERSION || bytes.len() != STREAM_CURSOR_LEN {
-            return Err(PageError::Cursor);
-        }
-        let version = i64::from_be_bytes(rest.try_into().map_err(|_| PageError::Cursor)?);
+        let payload = unframe(text, STREAM_CURSOR_VERSION, STREAM_CURSOR_LEN)?;
+        let version = i64::from_be_bytes(payload.try_into().map_err(|_| PageError::Cursor)?);
         // Versions start at 1; and a page after i64::MAX could not say where it starts.
         if !(FIRST_VERSION..i64::MAX).contains(&version) {
             return Err(PageError::Cursor);
