@@ -138,8 +138,8 @@ async fn rebuild_locked(
         events = events_before,
         "rebuilding the read model"
     );
-    let store = Store::connect_lazy_in_schema(&config.database_url, &generation, topic, 2)?
-        .without_progress_notices();
+    let store =
+        Store::connect_lazy_in_schema(&config.database_url, &generation, topic, 2)?.replay();
 
     let outcome = tokio::select! {
         outcome = project_and_verify(config, args, live, &store, &generation, bounds) => outcome,

@@ -109,9 +109,8 @@ pub struct Store {
     topic: String,
     /// The read-model generation: the schema the tables are in.
     schema: String,
-    /// Whether a committed batch tells the query API (see [`events::progress`]). Only the live
-    /// read model may: a reader would take any other store's progress for the live one's.
-    notify_progress: bool,
+    /// The live read model (the active generation), or one being projected again beside it.
+    live: bool,
 }
 
 impl Store {
@@ -129,7 +128,7 @@ impl Store {
     /// connections' `search_path` is that schema alone, so the migrations and every statement
     /// here, which name tables unqualified, create and use that schema's tables unchanged. The
     /// schema must exist. For a generation other than the live one (such as `verify`'s scratch
-    /// copy), which should also be built [`without_progress_notices`](Store::without_progress_notices).
+    /// copy), which should also be made a [`replay`](Store::replay) store.
     pub fn connect_lazy_in_schema(
         url: &str,
         schema: &str,
@@ -160,14 +159,19 @@ impl Store {
             pool,
             topic: topic.to_owned(),
             schema: schema.to_owned(),
-            notify_progress: true,
+            live: true,
         }
     }
 
-    /// The same store, but its batches send no progress notice: for read models the query API
-    /// does not serve.
-    pub fn without_progress_notices(mut self) -> Store {
-        self.notify_progress = false;
+    /// The same store, for a generation projected again beside the live one (verify's scratch
+    /// schema, a rebuild, a switch's catch-up). Its batches
+    /// - send no progress notice: the query API would take it for the live read model's;
+    /// - do not check the catalogue for a switch: it is not the active generation;
+    /// - commit with `synchronous_commit = off`, a bulk load's setting: a crash can lose the last
+    ///   few batches, but each one whole with its offsets, so the next run resumes before them.
+    ///   Whatever later commits synchronously (a switch) makes them durable too.
+    pub fn replay(mut self) -> Store {
+        self.live = false;
         self
     }
 
@@ -230,12 +234,17 @@ impl Store {
         let mut outcome = BatchOutcome::default();
         let partitions: Vec<i32> = claims.keys().copied().collect();
         let mut tx = self.pool.begin().await?;
+        if !self.live {
+            sqlx::query("SET LOCAL synchronous_commit = off")
+                .execute(&mut *tx)
+                .await?;
+        }
 
         // A live store whose generation is no longer the active one (`projector switch` made
         // another one active) commits nothing: every partition counts as fenced, and the
         // projector follows the switch. The row lock orders this batch against the switch,
         // which takes the catalogue row FOR UPDATE before anything else.
-        if self.notify_progress {
+        if self.live {
             let state: Option<String> = sqlx::query_scalar(
                 "SELECT state FROM public.read_model_generations WHERE name = $1 FOR KEY SHARE",
             )
@@ -337,7 +346,7 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         }
-        if self.notify_progress && !outcome.committed.is_empty() {
+        if self.live && !outcome.committed.is_empty() {
             // Delivered on commit, never for a rolled-back batch.
             let notice = ProgressNotice {
                 topic: self.topic.clone(),

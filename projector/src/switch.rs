@@ -179,8 +179,7 @@ async fn switch_locked(
     };
     let mut bounds = log_bounds(&config.kafka_brokers, topic).await?;
     let partitions: Vec<i32> = bounds.keys().copied().collect();
-    let store = Store::connect_lazy_in_schema(&config.database_url, name, topic, 2)?
-        .without_progress_notices();
+    let store = Store::connect_lazy_in_schema(&config.database_url, name, topic, 2)?.replay();
     let mut replay = Replay::start(
         &config.kafka_brokers,
         topic,

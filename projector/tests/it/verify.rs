@@ -400,7 +400,7 @@ async fn a_scratch_store_builds_its_own_schema_and_never_notifies_progress() {
         .expect("schema");
     let scratch = Store::connect_lazy_in_schema(&db.url, "verify_test", "scratch-topic", 2)
         .expect("pool")
-        .without_progress_notices();
+        .replay();
     scratch.migrate().await.expect("migrate the scratch schema");
     let (in_public, in_scratch): (bool, bool) = sqlx::query_as(
         "SELECT to_regclass('public.users') IS NOT NULL, to_regclass('verify_test.users') IS NOT NULL",
