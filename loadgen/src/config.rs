@@ -58,8 +58,8 @@ pub struct RunConfig {
     #[arg(long, env = "LOADGEN_DURATION", default_value = "60s", value_parser = parse_duration)]
     pub duration: Duration,
 
-    /// Load sent before measuring starts, not counted (connections, caches, JIT-free but
-    /// still cold servers).
+    /// Load sent before measuring starts and not counted: it opens the connections and warms
+    /// the servers' caches and pools.
     #[arg(long, env = "LOADGEN_WARMUP", default_value = "5s", value_parser = parse_duration)]
     pub warmup: Duration,
 
@@ -101,7 +101,8 @@ pub struct RunConfig {
     #[arg(long, env = "LOADGEN_SEED", default_value_t = 42)]
     pub seed: u64,
 
-    /// Fraction of writes whose visibility lag (202 to readable) is measured, 0 to 1.
+    /// Fraction of writes whose visibility lag (202 to readable) is measured, 0 to 1. The lag
+    /// reads go through connections of their own and are not counted as workload reads.
     #[arg(long, env = "LOADGEN_LAG_SAMPLE", default_value_t = 0.1, value_parser = parse_fraction)]
     pub lag_sample: f64,
 
@@ -161,7 +162,7 @@ pub struct RunConfig {
     pub timeout: Duration,
 
     /// Concurrent requests while seeding.
-    #[arg(long, env = "LOADGEN_SEED_CONNECTIONS", default_value_t = 16,
+    #[arg(long, env = "LOADGEN_SEED_CONNECTIONS", default_value_t = 32,
           value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub seed_connections: u32,
 

@@ -115,7 +115,14 @@ pub async fn run(
         .is_ok_and(|joined| joined.is_some())
     {}
     probes.abort_all();
-    run.recorder.close_interval(Instant::now());
+    // The last second also holds the answers that arrived after the end.
+    let last = run.recorder.close_interval(Instant::now());
+    if stopped_at.is_none() {
+        let mut line = StatusLine::new();
+        let label = format!("{:>5.0}s", config.duration.as_secs_f64().ceil());
+        line.show(&progress_text(&label, &last, &operations));
+        line.finish();
+    }
 
     let window_end = stopped_at.map_or(end, |at| at.min(end)).max(measure_start);
     let measured = window_end - measure_start;
@@ -293,8 +300,7 @@ async fn watch_progress(
     let mut stop = std::pin::pin!(stop);
     loop {
         tokio::select! {
-            // The last measured second is closed when the tasks are done, so it holds the
-            // answers still arriving after the end.
+            // The last measured second is closed once the tasks are done.
             () = sleep_until(tick.into()), if tick < run.end && stopped_at.is_none() => {
                 if !measuring && tick >= run.measure_start {
                     run.recorder.begin_measuring();
