@@ -106,7 +106,9 @@ pub async fn run(
     // The probes end when every sender is gone: the tasks' copies go with the tasks.
     drop(lag_sender);
 
-    let stopped_at = watch_progress(&run, &mut tasks, stop, &stop_sender, &operations).await;
+    let mut line = StatusLine::new();
+    let stopped_at =
+        watch_progress(&run, &mut tasks, stop, &stop_sender, &operations, &mut line).await;
 
     // What is still queued for a probe gets measured; a probe is bounded by the timeout.
     let probes_deadline = Instant::now() + config.timeout + Duration::from_secs(1);
@@ -118,11 +120,10 @@ pub async fn run(
     // The last second also holds the answers that arrived after the end.
     let last = run.recorder.close_interval(Instant::now());
     if stopped_at.is_none() {
-        let mut line = StatusLine::new();
         let label = format!("{:>5.0}s", config.duration.as_secs_f64().ceil());
         line.show(&progress_text(&label, &last, &operations));
-        line.finish();
     }
+    line.finish();
 
     let window_end = stopped_at.map_or(end, |at| at.min(end)).max(measure_start);
     let measured = window_end - measure_start;
@@ -279,16 +280,16 @@ async fn probe_lag(run: Arc<Run>, queue: Arc<AsyncMutex<mpsc::Receiver<LagProbe>
     }
 }
 
-/// Shows progress once a second (closing the recorder's seconds) until every task has ended.
-/// Returns when `stop` resolved, if it did.
+/// Shows progress on `line` once a second (closing the recorder's seconds) until every task has
+/// ended. Returns when `stop` resolved, if it did.
 async fn watch_progress(
     run: &Run,
     tasks: &mut JoinSet<()>,
     stop: impl Future<Output = ()>,
     stop_sender: &watch::Sender<bool>,
     operations: &[Operation],
+    line: &mut StatusLine,
 ) -> Option<Instant> {
-    let mut line = StatusLine::new();
     let start = run.schedule.due(0);
     let mut measuring = run.measure_start <= start;
     let mut tick = if measuring {
@@ -334,7 +335,6 @@ async fn watch_progress(
             },
         }
     }
-    line.finish();
     stopped_at
 }
 
