@@ -115,7 +115,8 @@ pub struct RunConfig {
     pub svg: Option<PathBuf>,
 
     /// Reuse a seeded population across runs: read it from this file when it exists (after
-    /// checking a few of its ids still exist), else seed and write it.
+    /// checking a few of its ids still exist; its sizes then win over --users and --posts),
+    /// else seed and write it.
     #[arg(long, env = "LOADGEN_POPULATION_FILE")]
     pub population_file: Option<PathBuf>,
 
