@@ -50,15 +50,17 @@ pub fn render(report: &Report) -> String {
     };
     let throughput = series_of(&|s| Some(s.throughput));
     let p99 = series_of(&|s| s.p99_ms);
-    let x_data_max = report
-        .time_series
-        .iter()
-        .map(|s| s.t_s)
-        .fold(report.measured_s, f64::max)
-        .max(1.0);
-    // The axis ends on a tick.
-    let x_step = nice_step(x_data_max);
-    let x_max = (x_data_max / x_step).ceil() * x_step;
+    let measured = report.measured_s.max(1.0);
+    let last = report.time_series.iter().map(|s| s.t_s).fold(0.0, f64::max);
+    // The last second closes when the answers in flight at the end are in, a little after the
+    // measured time: the axis spans the measured time unless that drain was long.
+    let span = if last > measured * 1.1 {
+        last
+    } else {
+        measured
+    };
+    let x_step = nice_step(span);
+    let x_max = (span / x_step).ceil() * x_step;
 
     let height = TOP + 2.0 * PANEL_HEIGHT + GAP + BOTTOM;
     let mut svg = String::new();

@@ -168,6 +168,9 @@ struct State {
     interval: Vec<Interval>,
     interval_start: Instant,
     series: Vec<Second>,
+    /// Set once the load has ended: later answers (lag probes still waiting) count in the
+    /// totals only, so that a last, stretched interval does not show as a drop in throughput.
+    series_closed: bool,
 }
 
 /// Shared by every task of a run. Requests that started before `measure_start` (the warm-up) go
@@ -200,6 +203,7 @@ impl Recorder {
                     now
                 },
                 series: Vec::new(),
+                series_closed: false,
             }),
         }
     }
@@ -260,7 +264,7 @@ impl Recorder {
         let second: [IntervalSample; Operation::COUNT] =
             std::array::from_fn(|i| state.interval[i].sample());
         let measuring = state.interval_start >= self.measure_start;
-        if measuring {
+        if measuring && !state.series_closed {
             let end_s = now
                 .saturating_duration_since(self.measure_start)
                 .as_secs_f64();
@@ -313,6 +317,14 @@ impl Recorder {
             }
             state.interval_start = self.measure_start;
         }
+    }
+
+    /// Closes the last interval at `now`, like [`Recorder::close_interval`], and the time series
+    /// with it.
+    pub fn close_series(&self, now: Instant) -> Snapshot {
+        let snapshot = self.close_interval(now);
+        self.lock().series_closed = true;
+        snapshot
     }
 
     /// The measured totals and the time series, once every task has stopped.
@@ -390,8 +402,17 @@ mod tests {
                 .is_some_and(|p| (699..=701).contains(&p))
         );
         assert_eq!(snapshot.p99_writes_us, None);
-        recorder.close_interval(measure_start + Duration::from_secs(2));
-        let (_, series) = recorder.finish();
+        recorder.close_series(measure_start + Duration::from_secs(2));
+        // A lag probe answering after the load ended counts in the totals only.
+        recorder.record(
+            Operation::VisibilityLag,
+            measure_start,
+            Duration::from_millis(300),
+            Outcome::Success,
+        );
+        recorder.close_interval(measure_start + Duration::from_secs(3));
+        let (totals, series) = recorder.finish();
+        assert_eq!(totals[Operation::VisibilityLag.index()].count(), 1);
         assert_eq!(series.len(), 2);
         assert_eq!(
             series[0].operations[Operation::ReadUser.index()].requests,

@@ -110,6 +110,15 @@ pub async fn run(
     let stopped_at =
         watch_progress(&run, &mut tasks, stop, &stop_sender, &operations, &mut line).await;
 
+    // The load has ended: its last second closes now, with the answers that were in flight
+    // at the end.
+    let last = run.recorder.close_series(Instant::now());
+    if stopped_at.is_none() {
+        let label = format!("{:>5.0}s", config.duration.as_secs_f64().ceil());
+        line.show(&progress_text(&label, &last, &operations));
+    }
+    line.finish();
+
     // What is still queued for a probe gets measured; a probe is bounded by the timeout.
     let probes_deadline = Instant::now() + config.timeout + Duration::from_secs(1);
     while tokio::time::timeout_at(probes_deadline.into(), probes.join_next())
@@ -117,13 +126,6 @@ pub async fn run(
         .is_ok_and(|joined| joined.is_some())
     {}
     probes.abort_all();
-    // The last second also holds the answers that arrived after the end.
-    let last = run.recorder.close_interval(Instant::now());
-    if stopped_at.is_none() {
-        let label = format!("{:>5.0}s", config.duration.as_secs_f64().ceil());
-        line.show(&progress_text(&label, &last, &operations));
-    }
-    line.finish();
 
     let window_end = stopped_at.map_or(end, |at| at.min(end)).max(measure_start);
     let measured = window_end - measure_start;
