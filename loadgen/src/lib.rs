@@ -1,0 +1,109 @@
+//! The load generator: the seed's workload (100 reads per write, 1 KB posts, Zipf-skewed
+//! popularity) against any deployment of the user-data service, with honest latencies.
+//!
+//! ```text
+//! # The stack of `./dev up`: seed 1000 users and 10 000 posts, warm up 5 s, measure 60 s with
+//! # 32 connections sending back to back, print a table, keep the JSON and a plot.
+//! loadgen run --duration 60s --mode closed --connections 32 --json run.json --svg run.svg
+//!
+//! # An open loop at 2000 requests/s, latency counted from each request's intended send time;
+//! # the population is seeded once and reused by later runs.
+//! loadgen run --mode open --rate 2000 --population-file population.json
+//!
+//! # Another deployment, writes only, every write's visibility lag measured.
+//! loadgen run --command-url http://10.0.0.5:8080 --query-url http://10.0.0.6:8081 \
+//!     --writes-only --lag-sample 1
+//!
+//! # The bare-handler baseline: a fixed post from memory, and reads of it.
+//! loadgen bare-server --addr 127.0.0.1:8090 &
+//! loadgen run --reads-only --read-mix posts=100 --no-seed --query-url http://127.0.0.1:8090
+//! ```
+//!
+//! Every flag has an environment variable (`LOADGEN_*`); `loadgen run --help` lists them. The
+//! exit status is 0 when the run completed, errors or not (the report shows them), and non-zero
+//! only when it could not run (for instance, seeding could not reach the API).
+//!
+//! Layout:
+//! - [`config`]: the command line ([`Cli`], [`RunConfig`], [`BareServerConfig`]).
+//! - [`runner`]: one run: population, the open or closed loop, the lag probes, progress.
+//! - [`population`]: the users and posts, seeded, reused from a file, or made up.
+//! - [`workload`]: which request comes next and whether its answer is a success.
+//! - [`schedule`]: the open loop's arrival times and where latency is counted from.
+//! - [`client`]: one keep-alive HTTP/1.1 connection per task (hyper, no pool).
+//! - [`sampling`]: the seeded generator and the Zipf sampler.
+//! - [`recorder`]: histograms and counters per operation, per second and overall.
+//! - [`report`]: the table and the JSON; [`plot`]: the SVG.
+//! - [`bare_server`]: `loadgen bare-server`.
+//! - here: [`execute`] (what `main` runs) and [`run_and_report`].
+
+pub mod bare_server;
+pub mod client;
+pub mod config;
+pub mod operation;
+pub mod plot;
+pub mod population;
+pub mod recorder;
+pub mod report;
+pub mod runner;
+pub mod sampling;
+pub mod schedule;
+pub mod status_line;
+pub mod workload;
+
+use std::future::Future;
+
+use anyhow::Context;
+
+pub use bare_server::BareServer;
+pub use config::{BareServerConfig, Cli, Command, Mode, RunConfig};
+pub use operation::Operation;
+pub use report::Report;
+
+/// Runs a parsed command line until it is done or Ctrl-C.
+pub async fn execute(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Run(config) => {
+            run_and_report(*config, interrupted()).await?;
+            Ok(())
+        }
+        Command::BareServer(config) => {
+            let server = BareServer::bind(config.addr).await?;
+            eprintln!(
+                "bare server on http://{}: GET /v1/posts/{{id}} answers a fixed {}-byte post",
+                server.address(),
+                bare_server::body_len()
+            );
+            server.run(interrupted()).await
+        }
+    }
+}
+
+/// One run: prints the table on stdout and writes `--json` and `--svg` if asked. Stopping early
+/// (`stop` resolving) still reports what was measured.
+pub async fn run_and_report(
+    config: RunConfig,
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<Report> {
+    let json = config.json.clone();
+    let svg = config.svg.clone();
+    let report = runner::run(config, stop).await?;
+    print!("{}", report.table());
+    if let Some(path) = json {
+        let text = serde_json::to_string_pretty(&report).context("cannot encode the report")?;
+        std::fs::write(&path, text)
+            .with_context(|| format!("cannot write the JSON report {}", path.display()))?;
+    }
+    if let Some(path) = svg {
+        std::fs::write(&path, plot::render(&report))
+            .with_context(|| format!("cannot write the plot {}", path.display()))?;
+    }
+    Ok(report)
+}
+
+/// Resolves on Ctrl-C. If the handler cannot be installed, never: the run then ends by its
+/// duration alone.
+async fn interrupted() {
+    if tokio::signal::ctrl_c().await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}

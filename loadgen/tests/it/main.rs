@@ -1,0 +1,8 @@
+//! Integration tests of loadgen, over real sockets, with nothing else running (no broker, no
+//! PostgreSQL): `loadgen bare-server` started in-process on port 0 ([`bare`]), and an in-memory
+//! fake of contract v1 ([`fake_api`]) for seeding, writes and the visibility lag ([`seeded`]).
+
+mod bare;
+mod fake_api;
+mod helpers;
+mod seeded;
