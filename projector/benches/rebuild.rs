@@ -2,15 +2,20 @@
 //! events, and how that compares with the fastest bulk load PostgreSQL itself can do of the same
 //! rows on the same machine, measured in the same run.
 //!
-//! `./dev bench rebuild --events 1000000` runs it against a broker and a database of its own.
-//! Directly: `cargo bench -p projector --bench rebuild -- --events 1000000` with `KAFKA_BROKERS`
-//! and `DATABASE_URL` (any database of the server: the benchmark creates its own next to it).
+//! `./dev bench rebuild --events 1000000` runs it against a database (and, with `--source
+//! broker`, a broker) of its own. Directly: `cargo bench -p projector --bench rebuild --
+//! --events 1000000` with `DATABASE_URL` (any database of the server: the benchmark creates its
+//! own next to it) and, for `--source broker`, `KAFKA_BROKERS`.
 //!
-//! 1. **Fill**: a new topic gets N events of the seed's shape (1 KB posts and bios; publishes,
-//!    edits with right, stale and no `If-Match`, profile updates, deletes, retried commands) from
-//!    a seeded generator, produced in large batches.
-//! 2. **Live**: the projector, as it runs in production, projects the topic into the live read
-//!    model. Timed too: it is the live projector's catch-up rate.
+//! 1. **Fill**: N events of the seed's shape (1 KB posts and bios; publishes, edits with right,
+//!    stale and no `If-Match`, profile updates, deletes, retried commands) from a seeded
+//!    generator. `--source broker` produces them into a new topic in large batches and reads
+//!    them back from the broker in the steps below; `--source memory` (the default) keeps the
+//!    same records in memory, so that the figure is the projection's and PostgreSQL's, not the
+//!    broker's fetch speed (tansu, the local broker, serves ~200 records/s; see BENCHMARKS.md).
+//! 2. **Live**: the live read model is projected first. With the broker, by the projector as it
+//!    runs in production (its catch-up rate is reported); in memory, by the same batch
+//!    transaction, batch after batch.
 //! 3. **Rebuild**: `projector rebuild` projects the log into `generation_1` and verifies it,
 //!    table by table, against the live read model. This is the figure.
 //! 4. **Baseline**: the rows the rebuild wrote, copied out beforehand, are loaded with
@@ -21,6 +26,7 @@
 use std::collections::VecDeque;
 use std::fmt::Write as _;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
@@ -29,6 +35,8 @@ use clap::Parser;
 use events::{Envelope, Event, PostEdited, PostFormat, PostPublished, UserProfileUpdated};
 use events::{UserRegistered, headers};
 use projector::config::RebuildArgs;
+use projector::store::{Record, Store};
+use projector::{LogSource, RecordedLog};
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -61,6 +69,10 @@ struct Args {
     /// Events in the log.
     #[arg(long, default_value_t = 1_000_000)]
     events: u64,
+
+    /// Where the rebuild reads the log from.
+    #[arg(long, value_enum, default_value_t = Source::Memory)]
+    source: Source,
 
     /// Partitions of the benchmark's topic.
     #[arg(long, default_value_t = 4)]
@@ -99,9 +111,19 @@ struct Args {
     bench: bool,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "snake_case")]
+enum Source {
+    /// The records in memory: the projection's speed, apart from the broker's.
+    Memory,
+    /// A topic on the broker at KAFKA_BROKERS: end to end.
+    Broker,
+}
+
 #[derive(Debug, Serialize)]
 struct Report {
     machine: Machine,
+    source: Source,
     events: u64,
     partitions: i32,
     batch_size: u32,
@@ -148,7 +170,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let outcome = measure(&args, &bench, &topic).await;
     if !args.keep {
         bench.drop().await;
-        delete_topic(&args.kafka_brokers, &topic).await;
+        if args.source == Source::Broker {
+            delete_topic(&args.kafka_brokers, &topic).await;
+        }
     } else {
         eprintln!("kept database {} and topic {topic}", bench.name);
     }
@@ -164,28 +188,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
 async fn measure(args: &Args, bench: &BenchDatabase, topic: &str) -> anyhow::Result<Report> {
     let config = projector_config(args, &bench.url, topic);
 
-    say(format!(
-        "1/4 filling topic {topic} with {} events",
-        args.events
-    ));
-    let started = Instant::now();
-    create_topic(&args.kafka_brokers, topic, args.partitions).await?;
-    let produced = fill(args, topic).await?;
-    let fill_secs = started.elapsed().as_secs_f64();
-    say(format!(
-        "    {produced} events in {fill_secs:.1} s ({:.0}/s)",
-        produced as f64 / fill_secs
-    ));
-
-    say("2/4 projecting them into the live read model (the projector as it runs live)".into());
-    let started = Instant::now();
-    let live = LiveProjector::start(config.clone()).await?;
-    live.wait_for(produced as i64, &bench.url, topic).await?;
-    let live_projection_secs = started.elapsed().as_secs_f64();
-    say(format!(
-        "    {live_projection_secs:.1} s ({:.0} events/s)",
-        produced as f64 / live_projection_secs
-    ));
+    let (produced, fill_secs, live_projection_secs, source) = match args.source {
+        Source::Broker => fill_and_project_via_broker(args, &config, topic).await?,
+        Source::Memory => fill_and_project_in_memory(args, &config).await?,
+    };
 
     say("3/4 projector rebuild (projection and verification)".into());
     let rebuild_args = RebuildArgs {
@@ -195,9 +201,9 @@ async fn measure(args: &Args, bench: &BenchDatabase, topic: &str) -> anyhow::Res
     };
     let started = Instant::now();
     let rebuilt =
-        projector::rebuild::rebuild(&config, &rebuild_args, std::future::pending()).await?;
+        projector::rebuild::rebuild_from(&config, &rebuild_args, &source, std::future::pending())
+            .await?;
     let rebuild_secs = started.elapsed().as_secs_f64();
-    live.stop().await?;
     ensure!(rebuilt.is_ready(), "the rebuild is not ready:\n{rebuilt}");
     let comparison = rebuilt
         .comparison
@@ -228,6 +234,7 @@ async fn measure(args: &Args, bench: &BenchDatabase, topic: &str) -> anyhow::Res
 
     Ok(Report {
         machine: Machine::read(postgres),
+        source: args.source,
         events: produced,
         partitions: args.partitions,
         batch_size: args.batch_size,
@@ -242,6 +249,102 @@ async fn measure(args: &Args, bench: &BenchDatabase, topic: &str) -> anyhow::Res
         copy_secs,
         rebuild_to_copy_ratio: rebuild_secs / copy_secs,
     })
+}
+
+/// Steps 1 and 2 through the broker: returns the events, the fill and live-projection seconds,
+/// and where the rebuild reads them.
+async fn fill_and_project_via_broker(
+    args: &Args,
+    config: &projector::Config,
+    topic: &str,
+) -> anyhow::Result<(u64, f64, f64, LogSource)> {
+    say(format!(
+        "1/4 filling topic {topic} with {} events",
+        args.events
+    ));
+    let started = Instant::now();
+    create_topic(&args.kafka_brokers, topic, args.partitions).await?;
+    let produced = fill(args, topic).await?;
+    let fill_secs = started.elapsed().as_secs_f64();
+    say(format!(
+        "    {produced} events in {fill_secs:.1} s ({:.0}/s)",
+        produced as f64 / fill_secs
+    ));
+
+    say("2/4 projecting them into the live read model (the projector as it runs live)".into());
+    let started = Instant::now();
+    let live = LiveProjector::start(config.clone()).await?;
+    live.wait_for(produced as i64, &config.database_url, topic)
+        .await?;
+    live.stop().await?;
+    let live_secs = started.elapsed().as_secs_f64();
+    say(format!(
+        "    {live_secs:.1} s ({:.0} events/s)",
+        produced as f64 / live_secs
+    ));
+    let source = LogSource::Kafka {
+        brokers: args.kafka_brokers.clone(),
+    };
+    Ok((produced, fill_secs, live_secs, source))
+}
+
+/// Steps 1 and 2 in memory: the same records, partitioned by their key as the command API's
+/// producer would, projected into the live read model by the batch transaction.
+async fn fill_and_project_in_memory(
+    args: &Args,
+    config: &projector::Config,
+) -> anyhow::Result<(u64, f64, f64, LogSource)> {
+    say(format!("1/4 generating {} events in memory", args.events));
+    let started = Instant::now();
+    let mut workload = Workload::new(args.seed, args.events);
+    let mut log = RecordedLog::default();
+    let mut in_order = Vec::with_capacity(args.events as usize);
+    for _ in 0..args.events {
+        let envelope = workload.next_event();
+        let partition = (envelope.partition_key.as_u128() % args.partitions as u128) as i32;
+        let records = log.partitions.entry(partition).or_default();
+        records.push(Record {
+            partition,
+            offset: records.len() as i64,
+            key: Some(envelope.partition_key.to_string().into_bytes()),
+            payload: Some(envelope.encode()),
+            headers: Vec::new(),
+        });
+        in_order.push((partition, records.len() - 1));
+    }
+    let fill_secs = started.elapsed().as_secs_f64();
+
+    say("2/4 projecting them into the live read model (batch after batch)".into());
+    let started = Instant::now();
+    let store = Store::connect_lazy(&config.database_url, &config.kafka_topic, 2)?;
+    store.migrate().await?;
+    let partitions: Vec<i32> = log.partitions.keys().copied().collect();
+    let mut claims = store.claim(&partitions, "rebuild-bench").await?;
+    for chunk in in_order.chunks(args.batch_size as usize) {
+        let batch: Vec<Record> = chunk
+            .iter()
+            .map(|(p, i)| log.partitions[p][*i].clone())
+            .collect();
+        let outcome = store.commit_batch(&batch, &claims, false).await?;
+        ensure!(outcome.fenced.is_empty(), "the live batch was fenced");
+        for (partition, next_offset) in outcome.committed {
+            if let Some(claim) = claims.get_mut(&partition) {
+                claim.next_offset = next_offset;
+            }
+        }
+    }
+    store.pool().close().await;
+    let live_secs = started.elapsed().as_secs_f64();
+    say(format!(
+        "    {live_secs:.1} s ({:.0} events/s)",
+        args.events as f64 / live_secs
+    ));
+    Ok((
+        args.events,
+        fill_secs,
+        live_secs,
+        LogSource::Recorded(Arc::new(log)),
+    ))
 }
 
 fn say(line: String) {
@@ -726,6 +829,9 @@ async fn copy_baseline(
     topic: &str,
 ) -> anyhow::Result<(u64, f64)> {
     let mut conn = PgConnection::connect(database_url).await?;
+    sqlx::query(&format!("CREATE SCHEMA {BASELINE_SCHEMA}"))
+        .execute(&mut conn)
+        .await?;
     let mut dumps = Vec::new();
     for table in TABLES {
         let mut out = conn
@@ -797,12 +903,18 @@ fn render(r: &Report) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "\nrebuild benchmark: {} events, {} partitions, batches of {}",
-        r.events, r.partitions, r.batch_size
+        "\nrebuild benchmark: {} events, {} partitions, batches of {}, log read from {}",
+        r.events,
+        r.partitions,
+        r.batch_size,
+        match r.source {
+            Source::Memory => "memory",
+            Source::Broker => "the broker",
+        }
     );
     let _ = writeln!(
         out,
-        "machine: {} cores ({}), {:.0} GiB, {}; broker, PostgreSQL and projector on it",
+        "machine: {} cores ({}), {:.0} GiB, {}; everything on it",
         r.machine.cores, r.machine.cpu, r.machine.memory_gib, r.machine.postgres
     );
     let _ = writeln!(out);
@@ -815,7 +927,7 @@ fn render(r: &Report) -> String {
             r.events as f64 / secs
         );
     };
-    line(&mut out, "fill the topic", r.fill_secs);
+    line(&mut out, "fill the log", r.fill_secs);
     line(&mut out, "live projection", r.live_projection_secs);
     line(&mut out, "**rebuild, verified**", r.rebuild_secs);
     let _ = writeln!(

@@ -56,6 +56,7 @@ use tokio::sync::oneshot;
 use anyhow::Context as _;
 pub use config::Config;
 use consumer::{Ownership, Progress, Projector};
+pub use replay::{LogSource, RecordedLog};
 use store::{ActiveStore, Store};
 
 /// Shared with the HTTP handlers.

@@ -31,7 +31,7 @@ use sqlx::Connection;
 
 use crate::config::{Config, RebuildArgs};
 use crate::generations::{self, GenerationState};
-use crate::replay::{EventLimitReached, Replay, log_bounds};
+use crate::replay::{EventLimitReached, LogSource, Replay};
 use crate::store::Store;
 use crate::verify::{self, Comparison, TableDiff};
 
@@ -108,12 +108,25 @@ pub async fn rebuild(
     args: &RebuildArgs,
     interrupted: impl Future<Output = ()>,
 ) -> anyhow::Result<RebuildReport> {
+    let source = LogSource::Kafka {
+        brokers: config.kafka_brokers.clone(),
+    };
+    rebuild_from(config, args, &source, interrupted).await
+}
+
+/// [`rebuild`], reading the log from `source`.
+pub async fn rebuild_from(
+    config: &Config,
+    args: &RebuildArgs,
+    source: &LogSource,
+    interrupted: impl Future<Output = ()>,
+) -> anyhow::Result<RebuildReport> {
     let live = generations::connect(&config.database_url).await?;
     verify::check_live_schema(&live).await?;
     let Some(lock) = generations::try_lock(&config.database_url).await? else {
         anyhow::bail!("another rebuild or drop-generation is running on this database");
     };
-    let outcome = rebuild_locked(config, args, &live, interrupted).await;
+    let outcome = rebuild_locked(config, args, source, &live, interrupted).await;
     // Closing the session releases the lock; failing to close only delays that.
     if let Err(e) = lock.close().await {
         tracing::warn!(error = %e, "cannot close the lock connection");
@@ -125,11 +138,12 @@ pub async fn rebuild(
 async fn rebuild_locked(
     config: &Config,
     args: &RebuildArgs,
+    source: &LogSource,
     live: &sqlx::PgPool,
     interrupted: impl Future<Output = ()>,
 ) -> anyhow::Result<RebuildReport> {
     let topic = &config.kafka_topic;
-    let bounds = log_bounds(&config.kafka_brokers, topic).await?;
+    let bounds = source.bounds(topic).await?;
     let (generation, resumed) = generations::resume_or_create(live).await?;
     let events_before = generations::events_in(live, &generation, topic).await?;
     tracing::info!(
@@ -142,7 +156,7 @@ async fn rebuild_locked(
         Store::connect_lazy_in_schema(&config.database_url, &generation, topic, 2)?.replay();
 
     let outcome = tokio::select! {
-        outcome = project_and_verify(config, args, live, &store, &generation, bounds) => outcome,
+        outcome = project_and_verify(config, args, source, live, &store, &generation, bounds) => outcome,
         () = interrupted => Err(anyhow!(Interrupted)),
     };
     store.pool().close().await;
@@ -186,6 +200,7 @@ async fn rebuild_locked(
 async fn project_and_verify(
     config: &Config,
     args: &RebuildArgs,
+    source: &LogSource,
     live: &sqlx::PgPool,
     store: &Store,
     generation: &str,
@@ -197,7 +212,7 @@ async fn project_and_verify(
         .with_context(|| format!("cannot create the tables of {generation}"))?;
     let partitions: Vec<i32> = bounds.keys().copied().collect();
     let mut replay = Replay::start(
-        &config.kafka_brokers,
+        source,
         &config.kafka_topic,
         store.clone(),
         REBUILD_OWNER,
@@ -209,6 +224,7 @@ async fn project_and_verify(
     replay.stop_after(args.max_events);
     let compared = verify::compare_with_live(
         config,
+        source,
         live,
         &mut replay,
         generation,

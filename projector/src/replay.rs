@@ -13,6 +13,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::io::IsTerminal;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail, ensure};
@@ -31,11 +32,38 @@ const KAFKA_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often progress is logged without a terminal.
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 
+/// Where a replay reads the log from.
+#[derive(Debug, Clone)]
+pub enum LogSource {
+    /// The topic on these Kafka bootstrap servers: what every command uses.
+    Kafka { brokers: String },
+    /// Records already in memory, partition by partition from offset 0: for the rebuild
+    /// benchmark, which measures the projection apart from a broker's fetch speed.
+    Recorded(Arc<RecordedLog>),
+}
+
+/// A log held in memory: `partitions[p][o]` is the record at offset `o` of partition `p`.
+#[derive(Debug, Default)]
+pub struct RecordedLog {
+    pub partitions: BTreeMap<i32, Vec<Record>>,
+}
+
+impl LogSource {
+    /// Each partition's (start, end) offsets.
+    pub(crate) async fn bounds(&self, topic: &str) -> anyhow::Result<BTreeMap<i32, (i64, i64)>> {
+        match self {
+            LogSource::Kafka { brokers } => log_bounds(brokers, topic).await,
+            LogSource::Recorded(log) => Ok(log
+                .partitions
+                .iter()
+                .map(|(p, records)| (*p, (0, records.len() as i64)))
+                .collect()),
+        }
+    }
+}
+
 /// Each partition's (start, end) offsets in the log.
-pub(crate) async fn log_bounds(
-    brokers: &str,
-    topic: &str,
-) -> anyhow::Result<BTreeMap<i32, (i64, i64)>> {
+async fn log_bounds(brokers: &str, topic: &str) -> anyhow::Result<BTreeMap<i32, (i64, i64)>> {
     let (brokers, topic) = (brokers.to_owned(), topic.to_owned());
     // librdkafka's metadata calls block.
     tokio::task::spawn_blocking(move || {
@@ -82,7 +110,7 @@ pub(crate) async fn log_bounds(
 /// Fails when `targets` lie past the end of the log (looking again first, as the log grows).
 pub(crate) async fn check_within_log(
     bounds: &mut BTreeMap<i32, (i64, i64)>,
-    brokers: &str,
+    source: &LogSource,
     topic: &str,
     targets: &BTreeMap<i32, i64>,
 ) -> anyhow::Result<()> {
@@ -95,7 +123,7 @@ pub(crate) async fn check_within_log(
     if beyond(bounds).is_none() {
         return Ok(());
     }
-    *bounds = log_bounds(brokers, topic).await?;
+    *bounds = source.bounds(topic).await?;
     if let Some((partition, target)) = beyond(bounds) {
         bail!(
             "the read model is ahead of the log: it has projected partition {partition} of topic \
@@ -142,23 +170,42 @@ where
 pub(crate) struct EventLimitReached(pub u64);
 
 /// A read model other than the live one, being projected from the log.
+///
+/// The partitions are split into lanes, one per core at most: each lane reads its partitions
+/// with a reader of its own and commits them on a connection of its own, so that decoding and
+/// deciding one lane's batch overlaps with PostgreSQL writing another's. Decisions are per
+/// partition, so lanes never need each other's state.
 pub(crate) struct Replay {
-    reader: LogReader,
+    lanes: Vec<Lane>,
     store: Store,
-    claims: BTreeMap<i32, Claim>,
     batch_size: usize,
-    /// Records committed by this run.
-    projected: u64,
     /// Stop with [`EventLimitReached`] once this run has committed this many.
     max_events: Option<u64>,
+    shared: Mutex<Shared>,
+}
+
+/// What the lanes of a replay share while they run.
+struct Shared {
+    /// Records committed by this run.
+    projected: u64,
+    /// Records the lanes may still take under `max_events` (reserved before each read).
+    remaining: Option<u64>,
+    /// Next offset per partition, as committed.
+    positions: BTreeMap<i32, i64>,
     progress: Progress,
+}
+
+/// Some partitions of a replay, read and committed on their own.
+struct Lane {
+    reader: Reader,
+    claims: BTreeMap<i32, Claim>,
 }
 
 impl Replay {
     /// Claims every partition of `store` for `owner` and reads the log from where `store`'s
     /// offsets stand. `store` must be migrated and must not be the live read model.
     pub(crate) async fn start(
-        brokers: &str,
+        source: &LogSource,
         topic: &str,
         store: Store,
         owner: &str,
@@ -168,14 +215,35 @@ impl Replay {
     ) -> anyhow::Result<Replay> {
         let claims = store.claim(partitions, owner).await?;
         let from: BTreeMap<i32, i64> = claims.iter().map(|(p, c)| (*p, c.next_offset)).collect();
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let connections = store.pool().options().get_max_connections() as usize;
+        let lanes = cores.min(connections).min(claims.len()).max(1);
+        let mut split: Vec<BTreeMap<i32, Claim>> = vec![BTreeMap::new(); lanes];
+        for (i, (partition, claim)) in claims.iter().enumerate() {
+            split[i % lanes].insert(*partition, *claim);
+        }
+        let lanes = split
+            .into_iter()
+            .map(|claims| {
+                let from: BTreeMap<i32, i64> =
+                    claims.iter().map(|(p, c)| (*p, c.next_offset)).collect();
+                Ok(Lane {
+                    reader: Reader::open(source, topic, &from)?,
+                    claims,
+                })
+            })
+            .collect::<anyhow::Result<Vec<Lane>>>()?;
         Ok(Replay {
-            reader: LogReader::assign(brokers, topic, &from)?,
-            progress: Progress::new(label, &from),
+            lanes,
             store,
-            claims,
             batch_size: batch_size as usize,
-            projected: 0,
             max_events: None,
+            shared: Mutex::new(Shared {
+                projected: 0,
+                remaining: None,
+                progress: Progress::new(label, &from),
+                positions: from,
+            }),
         })
     }
 
@@ -186,15 +254,12 @@ impl Replay {
 
     /// Next offset per partition, as committed.
     pub(crate) fn positions(&self) -> BTreeMap<i32, i64> {
-        self.claims
-            .iter()
-            .map(|(p, c)| (*p, c.next_offset))
-            .collect()
+        lock(&self.shared).positions.clone()
     }
 
     /// Records committed by this run.
     pub(crate) fn projected(&self) -> u64 {
-        self.projected
+        lock(&self.shared).projected
     }
 
     /// Projects every partition up to (not including) its target offset.
@@ -202,31 +267,44 @@ impl Replay {
         &mut self,
         targets: &BTreeMap<i32, i64>,
     ) -> anyhow::Result<()> {
-        for (partition, target) in targets {
-            let at = self.claims.get(partition).map_or(0, |c| c.next_offset);
-            ensure!(
-                at <= *target,
-                "partition {partition} is already projected up to {at}, past the target {target}"
-            );
-        }
-        self.progress.aim(&self.positions(), targets);
-        loop {
-            let mut max = self.batch_size;
-            if let Some(limit) = self.max_events {
-                if self.projected >= limit {
-                    return Err(EventLimitReached(limit).into());
-                }
-                max = max.min(usize::try_from(limit - self.projected).unwrap_or(usize::MAX));
+        {
+            let shared = &mut *lock(&self.shared);
+            for (partition, target) in targets {
+                let at = shared.positions.get(partition).copied().unwrap_or(0);
+                ensure!(
+                    at <= *target,
+                    "partition {partition} is already projected up to {at}, past the target {target}"
+                );
             }
-            let batch = self.reader.next_batch(targets, max).await?;
-            if batch.is_empty() {
-                break;
-            }
-            self.commit(&batch).await?;
-            self.progress.advanced(&self.positions());
+            shared.remaining = self
+                .max_events
+                .map(|limit| limit.saturating_sub(shared.projected));
+            shared.progress.aim(&shared.positions, targets);
         }
+        let (store, shared, batch_size) = (&self.store, &self.shared, self.batch_size);
+        let lanes = self
+            .lanes
+            .iter_mut()
+            .map(|lane| lane.project_up_to(store, shared, targets, batch_size));
+        if let Some(limit) = self.max_events {
+            // One lane after another, so that the run stops at exactly the limit: bounded
+            // steps are for control, not speed.
+            for lane in lanes {
+                lane.await?;
+            }
+            let positions = self.positions();
+            let reached = targets
+                .iter()
+                .all(|(p, target)| positions.get(p).copied().unwrap_or(0) >= *target);
+            if !reached {
+                return Err(EventLimitReached(limit).into());
+            }
+        } else {
+            futures::future::try_join_all(lanes).await?;
+        }
+        let positions = self.positions();
         for (partition, target) in targets {
-            let at = self.claims.get(partition).map_or(0, |c| c.next_offset);
+            let at = positions.get(partition).copied().unwrap_or(0);
             ensure!(
                 at == *target,
                 "partition {partition} projected up to {at}, not {target}"
@@ -237,16 +315,68 @@ impl Replay {
 
     /// Clears the progress display (bars), leaving the last line.
     pub(crate) fn finish(&self) {
-        self.progress.finish();
+        lock(&self.shared).progress.finish();
+    }
+}
+
+impl Lane {
+    /// Projects this lane's partitions up to their targets, or until the lanes together have
+    /// taken `max_events`.
+    async fn project_up_to(
+        &mut self,
+        store: &Store,
+        shared: &Mutex<Shared>,
+        targets: &BTreeMap<i32, i64>,
+        batch_size: usize,
+    ) -> anyhow::Result<()> {
+        let targets: BTreeMap<i32, i64> = targets
+            .iter()
+            .filter(|(p, _)| self.claims.contains_key(p))
+            .map(|(p, t)| (*p, *t))
+            .collect();
+        loop {
+            // Reserved before reading, so that the lanes together stop at exactly the limit.
+            let max = {
+                let shared = &mut *lock(shared);
+                match shared.remaining {
+                    Some(0) => return Ok(()),
+                    Some(remaining) => {
+                        let max = batch_size.min(usize::try_from(remaining).unwrap_or(usize::MAX));
+                        shared.remaining = Some(remaining - max as u64);
+                        max
+                    }
+                    None => batch_size,
+                }
+            };
+            let batch = self.reader.next_batch(&targets, max).await?;
+            if let Some(remaining) = &mut lock(shared).remaining {
+                *remaining += (max - batch.len()) as u64;
+            }
+            if batch.is_empty() {
+                return Ok(());
+            }
+            self.commit(store, &batch).await?;
+            let shared = &mut *lock(shared);
+            shared.projected += batch.len() as u64;
+            for (partition, claim) in &self.claims {
+                shared.positions.insert(*partition, claim.next_offset);
+            }
+            let Shared {
+                positions,
+                progress,
+                ..
+            } = shared;
+            progress.advanced(positions);
+        }
     }
 
     /// Commits one batch the way the live projector does: the fast path, then event by event if
     /// a statement failed.
-    async fn commit(&mut self, batch: &[Record]) -> anyhow::Result<()> {
-        let mut result = self.store.commit_batch(batch, &self.claims, false).await;
+    async fn commit(&mut self, store: &Store, batch: &[Record]) -> anyhow::Result<()> {
+        let mut result = store.commit_batch(batch, &self.claims, false).await;
         if let Err(StoreError::Statement(e)) = &result {
             tracing::warn!(error = %e, "replay batch failed; retrying event by event");
-            result = self.store.commit_batch(batch, &self.claims, true).await;
+            result = store.commit_batch(batch, &self.claims, true).await;
         }
         let outcome = result.context("cannot commit the replayed batch")?;
         ensure!(
@@ -260,8 +390,68 @@ impl Replay {
                 claim.next_offset = next_offset;
             }
         }
-        self.projected += batch.len() as u64;
         Ok(())
+    }
+}
+
+fn lock(shared: &Mutex<Shared>) -> std::sync::MutexGuard<'_, Shared> {
+    // A panic while holding it leaves counters, never a broken invariant: keep going.
+    shared
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// A replay's reader of the log.
+enum Reader {
+    Kafka(LogReader),
+    Recorded {
+        log: Arc<RecordedLog>,
+        /// Next offset to hand out, per partition.
+        position: BTreeMap<i32, i64>,
+    },
+}
+
+impl Reader {
+    /// Reads each partition of `from` from its offset there.
+    fn open(source: &LogSource, topic: &str, from: &BTreeMap<i32, i64>) -> anyhow::Result<Reader> {
+        Ok(match source {
+            LogSource::Kafka { brokers } => Reader::Kafka(LogReader::assign(brokers, topic, from)?),
+            LogSource::Recorded(log) => Reader::Recorded {
+                log: log.clone(),
+                position: from.clone(),
+            },
+        })
+    }
+
+    /// Up to `max` records, in log order within each partition, none at or past its
+    /// partition's target. Empty once every partition has reached its target.
+    async fn next_batch(
+        &mut self,
+        targets: &BTreeMap<i32, i64>,
+        max: usize,
+    ) -> anyhow::Result<Vec<Record>> {
+        match self {
+            Reader::Kafka(reader) => reader.next_batch(targets, max).await,
+            Reader::Recorded { log, position } => {
+                let mut batch = Vec::with_capacity(max);
+                for (partition, at) in position.iter_mut() {
+                    let records = log.partitions.get(partition).map_or(&[][..], Vec::as_slice);
+                    let target = targets.get(partition).copied().unwrap_or(0);
+                    let take = usize::try_from(target - *at)
+                        .unwrap_or(0)
+                        .min(max - batch.len());
+                    let from = usize::try_from(*at).unwrap_or(usize::MAX);
+                    let Some(slice) = records.get(from..from + take) else {
+                        bail!(
+                            "the recorded log ends before offset {target} of partition {partition}"
+                        );
+                    };
+                    batch.extend_from_slice(slice);
+                    *at += take as i64;
+                }
+                Ok(batch)
+            }
+        }
     }
 }
 

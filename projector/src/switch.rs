@@ -34,7 +34,7 @@ use sqlx::{Connection, PgConnection};
 
 use crate::config::{Config, SwitchArgs};
 use crate::generations::{self, GENERATION_PREFIX, GenerationState, generation_number};
-use crate::replay::{Replay, check_within_log, log_bounds, offsets_of};
+use crate::replay::{LogSource, Replay, check_within_log, offsets_of};
 use crate::store::Store;
 use crate::verify::{self, LIVE_SCHEMA, LOCK_TIMEOUT};
 
@@ -177,11 +177,14 @@ async fn switch_locked(
         Ok(active) => active,
         Err(refused) => return Ok(Err(refused)),
     };
-    let mut bounds = log_bounds(&config.kafka_brokers, topic).await?;
+    let source = LogSource::Kafka {
+        brokers: config.kafka_brokers.clone(),
+    };
+    let mut bounds = source.bounds(topic).await?;
     let partitions: Vec<i32> = bounds.keys().copied().collect();
     let store = Store::connect_lazy_in_schema(&config.database_url, name, topic, 2)?.replay();
     let mut replay = Replay::start(
-        &config.kafka_brokers,
+        &source,
         topic,
         store.clone(),
         SWITCH_OWNER,
@@ -194,7 +197,7 @@ async fn switch_locked(
     let switched = async {
         // Unlocked: most of the catching up, while the live projector goes on.
         let targets = offsets_of(live, &active, topic, &partitions).await?;
-        check_within_log(&mut bounds, &config.kafka_brokers, topic, &targets).await?;
+        check_within_log(&mut bounds, &source, topic, &targets).await?;
         replay.project_up_to(&targets).await?;
 
         let mut conn = PgConnection::connect(&config.database_url)
@@ -222,7 +225,7 @@ async fn switch_locked(
         .context("cannot hold the live projector (lock on projector_offsets)")?;
         tracing::info!(%active, "live projector held");
         let offsets = offsets_of(&mut *tx, &active, topic, &partitions).await?;
-        check_within_log(&mut bounds, &config.kafka_brokers, topic, &offsets).await?;
+        check_within_log(&mut bounds, &source, topic, &offsets).await?;
         replay.project_up_to(&offsets).await?;
         let caught_up = offsets_of(&mut *tx, name, topic, &partitions).await?;
         ensure!(
