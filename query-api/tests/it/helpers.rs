@@ -24,6 +24,8 @@ pub fn config(database_url: &str, topic: &str, consistency_wait: Duration) -> Co
         consistency_wait_ms: u64::try_from(consistency_wait.as_millis()).expect("wait fits u64"),
         db_pool_size: 4,
         db_acquire_timeout_ms: 2000,
+        cache_entries: 10_000,
+        cache_bytes: 16 << 20,
         log_format: LogFormat::Text,
     }
 }
