@@ -70,6 +70,25 @@ impl TestApp {
         response
     }
 
+    /// Returns once the follower has published `next_offset` for `partition`: it has applied
+    /// every notice sent before the one that said so, cache invalidations first.
+    pub async fn wait_for_offset(&self, partition: i32, next_offset: i64) {
+        let series = format!("query_api_projector_next_offset{{partition=\"{partition}\"}}");
+        eventually(&format!("{series} at {next_offset}"), || async {
+            self.metric(&series).await == Some(next_offset as f64)
+        })
+        .await;
+    }
+
+    /// Returns once the cache serves (the follower listens) or, with `false`, once it does not.
+    pub async fn wait_for_cache_following(&self, following: bool) {
+        let expected = if following { 1.0 } else { 0.0 };
+        eventually(&format!("the cache following: {following}"), || async {
+            self.metric("query_api_cache_following").await == Some(expected)
+        })
+        .await;
+    }
+
     /// The value of one metric series, if the app has it: `series` is the name with its labels
     /// as rendered, e.g. `foo{outcome="woken"}`.
     pub async fn metric(&self, series: &str) -> Option<f64> {
