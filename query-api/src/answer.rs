@@ -30,25 +30,18 @@ pub enum Answer {
 impl Answer {
     /// `value` as JSON, without an ETag (pages, decisions).
     pub fn json<T: Serialize>(value: &T) -> Result<Answer, ApiError> {
-        let mut body = serde_json::to_vec(value).map_err(|e| ApiError::Encode(e.to_string()))?;
-        // A cached answer holds its buffer for long: not the slack of its growth too.
-        body.shrink_to_fit();
         Ok(Answer::Json {
-            body: Bytes::from(body),
+            body: encode(value)?,
             etag: None,
         })
     }
 
     /// `value` as JSON, with its `version` as ETag (users, posts).
     pub fn versioned<T: Serialize>(version: i64, value: &T) -> Result<Answer, ApiError> {
-        let etag = etag::of_version(version)?;
-        match Answer::json(value)? {
-            Answer::Json { body, .. } => Ok(Answer::Json {
-                body,
-                etag: Some(etag),
-            }),
-            not_found => Ok(not_found),
-        }
+        Ok(Answer::Json {
+            body: encode(value)?,
+            etag: Some(etag::of_version(version)?),
+        })
     }
 
     /// Bytes the answer holds on the heap, roughly: what a cache entry of it weighs.
@@ -82,6 +75,13 @@ impl Answer {
             Answer::NotFound(what) => ApiError::NotFound(what).into_response(),
         }
     }
+}
+
+fn encode<T: Serialize>(value: &T) -> Result<Bytes, ApiError> {
+    let mut body = serde_json::to_vec(value).map_err(|e| ApiError::Encode(e.to_string()))?;
+    // A cached answer holds its buffer for long: not the slack of its growth too.
+    body.shrink_to_fit();
+    Ok(Bytes::from(body))
 }
 
 #[cfg(test)]
