@@ -278,7 +278,7 @@ async fn the_progress_notice_names_the_owners_and_posts_a_batch_changed() {
         vec![registered(bob)],
     ];
     // More than a NOTIFY payload can name.
-    batches.push((0..200).map(|_| registered(Uuid::now_v7())).collect());
+    batches.push((0..300).map(|_| registered(Uuid::now_v7())).collect());
     let mut expected = vec![
         Some(Changed {
             owners: sorted([alice, bob]),
