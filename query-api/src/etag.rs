@@ -1,6 +1,6 @@
 //! `ETag: "{version}"` on single-resource reads, and `If-None-Match` → 304.
 
-use axum::http::{HeaderMap, HeaderValue, header};
+use axum::http::HeaderValue;
 
 use crate::error::ApiError;
 
@@ -9,12 +9,11 @@ pub fn of_version(version: i64) -> Result<HeaderValue, ApiError> {
     HeaderValue::try_from(format!("\"{version}\"")).map_err(|e| ApiError::Encode(e.to_string()))
 }
 
-/// True when an `If-None-Match` entry matches `etag` by weak comparison (RFC 9110 §13.1.2), or
-/// is `*`. Entries that do not parse simply match nothing.
-pub fn none_match_hits(request_headers: &HeaderMap, etag: &HeaderValue) -> bool {
+/// True when an entry of the `If-None-Match` values matches `etag` by weak comparison (RFC 9110
+/// §13.1.2), or is `*`. Entries that do not parse simply match nothing.
+pub fn none_match_hits(if_none_match: &[HeaderValue], etag: &HeaderValue) -> bool {
     let etag = etag.as_bytes();
-    request_headers
-        .get_all(header::IF_NONE_MATCH)
+    if_none_match
         .iter()
         .filter_map(|value| value.to_str().ok())
         .flat_map(|value| value.split(','))
@@ -26,12 +25,8 @@ pub fn none_match_hits(request_headers: &HeaderMap, etag: &HeaderValue) -> bool 
 mod tests {
     use super::*;
 
-    fn with(values: &[&'static str]) -> HeaderMap {
-        let mut headers = HeaderMap::new();
-        for value in values {
-            headers.append(header::IF_NONE_MATCH, HeaderValue::from_static(value));
-        }
-        headers
+    fn with(values: &[&'static str]) -> Vec<HeaderValue> {
+        values.iter().map(|v| HeaderValue::from_static(v)).collect()
     }
 
     fn three() -> HeaderValue {

@@ -3,7 +3,6 @@
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::http::HeaderMap;
 use axum::response::Response;
 use axum::routing::get;
 use axum::{Json, Router};
@@ -11,7 +10,7 @@ use axum::{Json, Router};
 use crate::answer::Answer;
 use crate::cache::Key;
 use crate::error::ApiError;
-use crate::extract::{PathId, ReadAfter};
+use crate::extract::{IfNoneMatch, PathId, ReadAfter};
 use crate::pagination::{Page, PageRequest, StreamPageRequest};
 use crate::read_models::{Post, StreamEvent};
 use crate::{AppState, Loaded};
@@ -34,7 +33,7 @@ async fn get_user(
     State(state): State<AppState>,
     PathId(user_id): PathId,
     ReadAfter(token): ReadAfter,
-    headers: HeaderMap,
+    IfNoneMatch(if_none_match): IfNoneMatch,
 ) -> Result<Response, ApiError> {
     state.read_after(token).await?;
     let read_models = &state.read_models;
@@ -50,14 +49,14 @@ async fn get_user(
             })
         })
         .await?;
-    Ok(answer.respond(&headers))
+    Ok(answer.respond(&if_none_match))
 }
 
 async fn get_post(
     State(state): State<AppState>,
     PathId(post_id): PathId,
     ReadAfter(token): ReadAfter,
-    headers: HeaderMap,
+    IfNoneMatch(if_none_match): IfNoneMatch,
 ) -> Result<Response, ApiError> {
     state.read_after(token).await?;
     let read_models = &state.read_models;
@@ -76,7 +75,7 @@ async fn get_post(
             })
         })
         .await?;
-    Ok(answer.respond(&headers))
+    Ok(answer.respond(&if_none_match))
 }
 
 async fn list_user_posts(
@@ -109,7 +108,7 @@ async fn list_user_posts(
         }
         Some(_) => load().await?.answer,
     };
-    Ok(answer.respond(&HeaderMap::new()))
+    Ok(answer.respond(&[]))
 }
 
 async fn list_posts(
@@ -133,7 +132,7 @@ async fn list_posts(
         }
         Some(_) => load().await?.answer,
     };
-    Ok(answer.respond(&HeaderMap::new()))
+    Ok(answer.respond(&[]))
 }
 
 fn page_answer(rows: Vec<Post>, limit: u32) -> Result<Answer, ApiError> {
@@ -160,7 +159,7 @@ async fn get_command(
             })
         })
         .await?;
-    Ok(answer.respond(&HeaderMap::new()))
+    Ok(answer.respond(&[]))
 }
 
 /// A stream is history: a deleted user's or post's stream is still served, ending with the
