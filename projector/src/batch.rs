@@ -114,6 +114,7 @@ pub async fn project(
                 continue;
             }
             set.history.push((version, index));
+            outcome.changed_owners.insert(envelope.partition_key);
         }
         match decision {
             Decision::Duplicate => {
@@ -137,6 +138,7 @@ pub async fn project(
         }
     }
     outcome.dead_letters += dead.len() as u64;
+    outcome.changed_posts.extend(&set.changed_posts);
     set.write(conn, &envelopes).await?;
     insert_dead_letters(conn, topic, &dead).await
 }

@@ -3,16 +3,17 @@
 //! [`Store::commit_batch`] is the heart of the projector: in ONE transaction it checks that this
 //! instance still owns each partition of the batch (the fence), decides and applies every event,
 //! appends each applied one to its aggregate's history, records every decision, dead-letters what
-//! cannot be decoded, advances the stored offsets and notifies waiting readers. Either all of that
-//! commits or none of it does. How the events become rows, in a few bulk statements per batch,
-//! is [`crate::batch`].
+//! cannot be decoded, advances the stored offsets and notifies waiting readers, naming what the
+//! batch changed for their caches. Either all of that commits or none of it does. How the events
+//! become rows, in a few bulk statements per batch, is [`crate::batch`].
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use events::progress::{FIRST_GENERATION, ProgressNotice};
 use sqlx::Row;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use uuid::Uuid;
 
 use crate::batch::{DeadLetter, insert_dead_letters, project};
 
@@ -48,11 +49,16 @@ pub struct BatchOutcome {
     pub rejected: BTreeMap<&'static str, u64>,
     pub duplicates: u64,
     pub dead_letters: u64,
+    /// The owners (partition keys) of the events this batch applied, for the progress notice.
+    pub changed_owners: BTreeSet<Uuid>,
+    /// The posts this batch wrote, for the progress notice.
+    pub changed_posts: BTreeSet<Uuid>,
 }
 
 impl BatchOutcome {
     /// Adds another outcome's counts and positions to this one (not its fenced partitions,
-    /// which say something about one moment only).
+    /// which say something about one moment only, nor its changed ids, which only its own
+    /// batch's notice names: a running total of them would grow without bound).
     pub fn absorb(&mut self, other: BatchOutcome) {
         self.applied += other.applied;
         self.duplicates += other.duplicates;
@@ -308,6 +314,8 @@ impl Store {
                 {
                     Ok(()) => {
                         savepoint.commit().await?;
+                        outcome.changed_owners.append(&mut one.changed_owners);
+                        outcome.changed_posts.append(&mut one.changed_posts);
                         outcome.absorb(one);
                     }
                     Err(StoreError::Statement(e)) => {
@@ -348,11 +356,13 @@ impl Store {
         }
         if self.live && !outcome.committed.is_empty() {
             // Delivered on commit, never for a rolled-back batch.
-            let notice = ProgressNotice {
-                topic: self.topic.clone(),
-                offsets: outcome.committed.iter().map(|(p, o)| (*p, *o)).collect(),
-                generation: self.schema.clone(),
-            };
+            let notice = ProgressNotice::new(
+                self.topic.clone(),
+                outcome.committed.iter().map(|(p, o)| (*p, *o)).collect(),
+                self.schema.clone(),
+                outcome.changed_owners.iter().copied().collect(),
+                outcome.changed_posts.iter().copied().collect(),
+            );
             sqlx::query("SELECT pg_notify($1, $2)")
                 .bind(events::progress::CHANNEL)
                 .bind(serde_json::to_string(&notice).unwrap_or_default())

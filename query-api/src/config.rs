@@ -40,6 +40,16 @@ pub struct Config {
     #[arg(long, env = "DB_ACQUIRE_TIMEOUT_MS", default_value_t = 2000)]
     pub db_acquire_timeout_ms: u64,
 
+    /// Most entries the read cache holds (single users, posts and decisions, first pages of
+    /// posts); 0 turns the cache off.
+    #[arg(long, env = "CACHE_ENTRIES", default_value_t = 100_000)]
+    pub cache_entries: usize,
+
+    /// Most bytes the read cache's entries weigh (their JSON and a fixed overhead each); 0 turns
+    /// the cache off. The default keeps the service within about 150 MiB.
+    #[arg(long, env = "CACHE_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub cache_bytes: usize,
+
     /// Log line format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -66,6 +76,8 @@ mod tests {
         assert_eq!(config.kafka_topic, "user-data-events");
         assert_eq!(config.consistency_wait(), Duration::from_secs(5));
         assert_eq!(config.db_pool_size, 16);
+        assert_eq!(config.cache_entries, 100_000);
+        assert_eq!(config.cache_bytes, 64 << 20);
         assert_eq!(config.log_format, LogFormat::Text);
     }
 

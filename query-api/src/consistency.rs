@@ -19,6 +19,13 @@
 //! waiter woken by the new offsets therefore reads the new generation. A token issued before
 //! the switch stays covered: the switch leaves the new generation at or past the old one's
 //! offsets.
+//!
+//! The follower also keeps the read cache ([`Cache`]) honest: for each progress notice of the
+//! active generation it FIRST makes stale what the notice says changed, THEN publishes the new
+//! offsets, so that no read released by a watermark, nor any read after it, is answered from
+//! before that watermark's batch. It clears the cache after every (re)connect (notices may have
+//! been lost) and every switch, and suspends it whenever it is not listening. Why this order,
+//! and why a cached answer never predates a token, is argued in [`crate::cache`].
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -33,6 +40,7 @@ use sqlx::postgres::PgListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::cache::Cache;
 use crate::error::ApiError;
 use crate::read_models::{self, InvalidGeneration, ReadModels};
 
@@ -40,12 +48,13 @@ const FIRST_RETRY_DELAY: Duration = Duration::from_millis(100);
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(5);
 
 /// Next offset to apply, per partition of our topic.
-type Offsets = BTreeMap<i32, i64>;
+pub type Offsets = BTreeMap<i32, i64>;
 
 /// How far the read model has got, per partition, and the wait on it. Cheap to clone.
 #[derive(Clone)]
 pub struct Watermarks {
-    latest: watch::Receiver<Offsets>,
+    /// Shared, not copied, by the cache entries filled under them.
+    latest: watch::Receiver<Arc<Offsets>>,
     topic: Arc<str>,
     max_wait: Duration,
     waiting: Arc<AtomicU64>,
@@ -65,20 +74,23 @@ impl Drop for Follower {
 impl Watermarks {
     /// Starts following the projector's progress on `topic`. `listen_pool` should hold a single
     /// connection: it becomes the listening connection, re-established from the pool when lost.
+    /// `cache` is kept in step with the notices, and suspended while they cannot be heard.
     pub fn start(
         listen_pool: PgPool,
         read_models: ReadModels,
+        cache: Cache,
         topic: String,
         max_wait: Duration,
         metrics: &Metrics,
     ) -> (Watermarks, Follower) {
         let topic: Arc<str> = topic.into();
-        let (publish, latest) = watch::channel(Offsets::new());
+        let (publish, latest) = watch::channel(Arc::new(Offsets::new()));
         let waiting = Arc::new(AtomicU64::new(0));
         register_gauges(metrics, latest.clone(), waiting.clone());
         let follower = Follower(tokio::spawn(follow(
             listen_pool,
             read_models,
+            cache,
             topic.clone(),
             publish,
         )));
@@ -92,6 +104,11 @@ impl Watermarks {
         (watermarks, follower)
     }
 
+    /// The offsets published now: what a cache fill records before its database read.
+    pub fn current(&self) -> Arc<Offsets> {
+        self.latest.borrow().clone()
+    }
+
     /// Returns once the read model includes the write `token` names, or fails with
     /// [`ApiError::ConsistencyTimeout`] after the configured wait.
     pub async fn wait_until_covered(
@@ -99,7 +116,7 @@ impl Watermarks {
         token: ConsistencyToken,
         read_models: &ReadModels,
     ) -> Result<(), ApiError> {
-        let covers = move |offsets: &Offsets| {
+        let covers = move |offsets: &Arc<Offsets>| {
             offsets
                 .get(&token.partition)
                 .is_some_and(|next| token.is_covered_by(*next))
@@ -165,7 +182,11 @@ impl Drop for WaitingGuard<'_> {
     }
 }
 
-fn register_gauges(metrics: &Metrics, latest: watch::Receiver<Offsets>, waiting: Arc<AtomicU64>) {
+fn register_gauges(
+    metrics: &Metrics,
+    latest: watch::Receiver<Arc<Offsets>>,
+    waiting: Arc<AtomicU64>,
+) {
     metrics.gauge(
         "query_api_projector_next_offset",
         "The projector's next offset to apply, per partition, as this instance last heard.",
@@ -189,23 +210,42 @@ fn register_gauges(metrics: &Metrics, latest: watch::Receiver<Offsets>, waiting:
 async fn follow(
     listen_pool: PgPool,
     read_models: ReadModels,
+    cache: Cache,
     topic: Arc<str>,
-    publish: watch::Sender<Offsets>,
+    publish: watch::Sender<Arc<Offsets>>,
 ) {
+    // Also when the task is aborted: nothing would make the cache's entries stale any more.
+    let _suspend = SuspendOnDrop(cache.clone());
     let mut retry_delay = FIRST_RETRY_DELAY;
     loop {
         match listen_and_load(&listen_pool, &read_models, &topic).await {
             Ok((mut listener, offsets)) => {
-                publish.send_replace(offsets);
+                // After the LISTEN and the generation check: whatever commits from here on is
+                // notified, and reads already go to the active generation. Before the offsets:
+                // a read they release finds nothing older in the cache.
+                cache.resume();
+                publish.send_replace(Arc::new(offsets));
                 retry_delay = FIRST_RETRY_DELAY;
                 tracing::info!(topic = %topic, generation = %read_models.generation(), "following projector progress");
-                let why = apply_notifications(&mut listener, &read_models, &topic, &publish).await;
+                let why =
+                    apply_notifications(&mut listener, &read_models, &cache, &topic, &publish)
+                        .await;
+                cache.suspend();
                 tracing::warn!(reason = %why, "stopped following projector progress; reconnecting");
             }
             Err(error) => tracing::warn!(%error, "cannot follow projector progress; retrying"),
         }
         tokio::time::sleep(retry_delay).await;
         retry_delay = (retry_delay * 2).min(MAX_RETRY_DELAY);
+    }
+}
+
+/// Suspends the cache when the follower stops, however it stops.
+struct SuspendOnDrop(Cache);
+
+impl Drop for SuspendOnDrop {
+    fn drop(&mut self) {
+        self.0.suspend();
     }
 }
 
@@ -258,8 +298,9 @@ async fn follow_active_generation(
 async fn apply_notifications(
     listener: &mut PgListener,
     read_models: &ReadModels,
+    cache: &Cache,
     topic: &str,
-    publish: &watch::Sender<Offsets>,
+    publish: &watch::Sender<Arc<Offsets>>,
 ) -> String {
     loop {
         let notification = match listener.try_recv().await {
@@ -271,7 +312,10 @@ async fn apply_notifications(
         if notification.channel() == GENERATION_CHANNEL {
             match follow_active_generation(listener, read_models, topic).await {
                 Ok(offsets) => {
-                    publish.send_replace(offsets);
+                    // After the reads went to the new generation, before the offsets: a fill
+                    // that began before this read the old one.
+                    cache.clear();
+                    publish.send_replace(Arc::new(offsets));
                     continue;
                 }
                 Err(error) => return format!("cannot follow the generation switch: {error}"),
@@ -282,12 +326,19 @@ async fn apply_notifications(
             Err(error) => return format!("unreadable notification: {error}"),
         };
         // Another generation's progress says nothing about the one reads go to.
-        if progress.topic != topic || progress.generation != read_models.generation() {
+        if progress.generation != read_models.generation() {
+            continue;
+        }
+        // Whatever the topic: the tables are the generation's, not the topic's. First, so that
+        // what the offsets below release is not answered from before this batch.
+        cache.invalidate(progress.changed.as_ref());
+        if progress.topic != topic {
             continue;
         }
         // Latest wins rather than highest: notifications arrive in commit order, and a projector
         // that starts over from a lower offset must hold reads back, not release them early.
         publish.send_if_modified(|offsets| {
+            let offsets = Arc::make_mut(offsets);
             let mut changed = false;
             for (partition, next_offset) in &progress.offsets {
                 changed |= offsets.insert(*partition, *next_offset) != Some(*next_offset);

@@ -38,6 +38,8 @@ pub enum ApiError {
     DatabaseUnavailable(#[source] sqlx::Error),
     #[error("database query failed")]
     Database(#[source] sqlx::Error),
+    #[error("cannot encode the answer: {0}")]
+    Encode(String),
 }
 
 impl ApiError {
@@ -51,7 +53,7 @@ impl ApiError {
             ApiError::ConsistencyTimeout | ApiError::DatabaseUnavailable(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
-            ApiError::Database(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Database(_) | ApiError::Encode(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -79,7 +81,7 @@ impl ApiError {
                 ..Problem::unavailable(detail, RETRY_AFTER_SECS)
             },
             ApiError::DatabaseUnavailable(_) => Problem::unavailable(detail, RETRY_AFTER_SECS),
-            ApiError::Database(_) => Problem::internal(),
+            ApiError::Database(_) | ApiError::Encode(_) => Problem::internal(),
         }
     }
 }
@@ -115,6 +117,7 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         match &self {
             ApiError::Database(source) => tracing::error!(error = %source, "database query failed"),
+            ApiError::Encode(why) => tracing::error!(error = %why, "cannot encode an answer"),
             ApiError::DatabaseUnavailable(source) => {
                 tracing::warn!(error = %source, "database unavailable")
             }

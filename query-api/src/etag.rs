@@ -1,42 +1,36 @@
 //! `ETag: "{version}"` on single-resource reads, and `If-None-Match` → 304.
 
-use axum::Json;
-use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::{IntoResponse, Response};
-use serde::Serialize;
+use axum::http::HeaderValue;
 
-/// The resource as JSON with its version as ETag, or 304 when the client already has it.
-pub fn versioned<T: Serialize>(request_headers: &HeaderMap, version: i64, body: T) -> Response {
-    let etag = format!("\"{version}\"");
-    if none_match_hits(request_headers, &etag) {
-        return (StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response();
-    }
-    ([(header::ETAG, etag)], Json(body)).into_response()
+use crate::error::ApiError;
+
+/// The ETag of a resource at `version`: the version, quoted (a strong tag).
+pub fn of_version(version: i64) -> Result<HeaderValue, ApiError> {
+    HeaderValue::try_from(format!("\"{version}\"")).map_err(|e| ApiError::Encode(e.to_string()))
 }
 
-/// True when an `If-None-Match` entry matches `etag` by weak comparison (RFC 9110 §13.1.2), or
-/// is `*`. Entries that do not parse simply match nothing.
-fn none_match_hits(request_headers: &HeaderMap, etag: &str) -> bool {
-    request_headers
-        .get_all(header::IF_NONE_MATCH)
+/// True when an entry of the `If-None-Match` values matches `etag` by weak comparison (RFC 9110
+/// §13.1.2), or is `*`. Entries that do not parse simply match nothing.
+pub fn none_match_hits(if_none_match: &[HeaderValue], etag: &HeaderValue) -> bool {
+    let etag = etag.as_bytes();
+    if_none_match
         .iter()
         .filter_map(|value| value.to_str().ok())
         .flat_map(|value| value.split(','))
         .map(str::trim)
-        .any(|tag| tag == "*" || tag.strip_prefix("W/").unwrap_or(tag) == etag)
+        .any(|tag| tag == "*" || tag.strip_prefix("W/").unwrap_or(tag).as_bytes() == etag)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use axum::http::HeaderValue;
 
-    fn with(values: &[&'static str]) -> HeaderMap {
-        let mut headers = HeaderMap::new();
-        for value in values {
-            headers.append(header::IF_NONE_MATCH, HeaderValue::from_static(value));
-        }
-        headers
+    fn with(values: &[&'static str]) -> Vec<HeaderValue> {
+        values.iter().map(|v| HeaderValue::from_static(v)).collect()
+    }
+
+    fn three() -> HeaderValue {
+        of_version(3).expect("a header value")
     }
 
     #[test]
@@ -48,10 +42,10 @@ mod tests {
             &["\"1\"", "\"3\""],
             &["*"],
         ] {
-            assert!(none_match_hits(&with(hit), "\"3\""), "{hit:?}");
+            assert!(none_match_hits(&with(hit), &three()), "{hit:?}");
         }
         for miss in [&[][..], &["\"2\""], &["3"], &["\"30\""], &["W/3"]] {
-            assert!(!none_match_hits(&with(miss), "\"3\""), "{miss:?}");
+            assert!(!none_match_hits(&with(miss), &three()), "{miss:?}");
         }
     }
 }

@@ -1,8 +1,10 @@
 //! Request extractors whose rejections are our own problem+json answers.
 
+use std::convert::Infallible;
+
 use axum::extract::{FromRequestParts, Path, Query};
-use axum::http::HeaderName;
 use axum::http::request::Parts;
+use axum::http::{HeaderName, HeaderValue, header};
 use events::ConsistencyToken;
 use serde::Deserialize;
 use uuid::Uuid;
@@ -103,6 +105,19 @@ impl<S: Send + Sync> FromRequestParts<S> for ReadAfter {
             .and_then(|text| text.parse().ok())
             .ok_or(ApiError::InvalidConsistencyToken)?;
         Ok(ReadAfter(Some(token)))
+    }
+}
+
+/// The request's `If-None-Match` values: only those, rather than a copy of every header.
+#[derive(Debug, Clone, Default)]
+pub struct IfNoneMatch(pub Vec<HeaderValue>);
+
+impl<S: Send + Sync> FromRequestParts<S> for IfNoneMatch {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let values = parts.headers.get_all(header::IF_NONE_MATCH).iter();
+        Ok(IfNoneMatch(values.cloned().collect()))
     }
 }
 

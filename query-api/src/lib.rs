@@ -4,17 +4,23 @@
 //! It never writes to the read models and never migrates them (the projector owns the schema).
 //! Its pool connects lazily, so it starts, and answers 503, while PostgreSQL is down. A read that
 //! carries a `Consistency-Token` is held back until the projector's stored offset covers it.
+//! Single users, posts and decisions and first pages are answered from an in-process cache
+//! that the projector's progress notices invalidate.
 //!
 //! - [`config`]: [`Config`], flags and environment variables.
 //! - [`routes`]: the handlers, one per route, and `/readyz`.
 //! - [`extract`]: path id, page and consistency-token extractors with problem+json rejections.
 //! - [`pagination`]: `limit`, `from_version` and the opaque keyset cursors; the page body.
+//! - [`answer`]: [`answer::Answer`], a read's answer serialized once.
 //! - [`etag`]: `ETag` and `If-None-Match` on single-resource reads.
+//! - [`cache`]: [`cache::Cache`], the read cache, and why it never serves what a token rules out.
 //! - [`read_models`]: the SQL.
 //! - [`consistency`]: [`consistency::Watermarks`], the projector's progress as LISTENed for, and
-//!   the token wait on it.
+//!   the token wait on it; its follower also invalidates the cache.
 //! - [`error`]: [`error::ApiError`] and its problem+json answers.
 
+pub mod answer;
+pub mod cache;
 pub mod config;
 pub mod consistency;
 pub mod error;
@@ -32,7 +38,10 @@ use events::ConsistencyToken;
 use service_kit::metrics::Metrics;
 use sqlx::postgres::PgPoolOptions;
 use tokio::net::TcpListener;
+use uuid::Uuid;
 
+use crate::answer::Answer;
+use crate::cache::{Cache, Key};
 pub use crate::config::{Config, LogFormat};
 use crate::consistency::{Follower, Watermarks};
 use crate::error::ApiError;
@@ -43,7 +52,15 @@ use crate::read_models::ReadModels;
 pub struct AppState {
     pub read_models: ReadModels,
     pub watermarks: Watermarks,
+    pub cache: Cache,
     pub metrics: Metrics,
+}
+
+/// What a read found: its answer, and the user whose changes make it stale (if any).
+#[derive(Debug)]
+pub struct Loaded {
+    pub answer: Answer,
+    pub owner: Option<Uuid>,
 }
 
 impl AppState {
@@ -57,6 +74,27 @@ impl AppState {
             }
             None => Ok(()),
         }
+    }
+
+    /// `key`'s answer from the cache, or else from `load` (PostgreSQL), kept for next time.
+    /// Call after [`read_after`](AppState::read_after) with the same token.
+    pub async fn cached<Load>(
+        &self,
+        key: Key,
+        token: Option<ConsistencyToken>,
+        load: impl FnOnce() -> Load,
+    ) -> Result<Answer, ApiError>
+    where
+        Load: Future<Output = Result<Loaded, ApiError>>,
+    {
+        if let Some(answer) = self.cache.get(&key, token) {
+            return Ok(answer);
+        }
+        // Before the database read: see the fill race in `cache`.
+        let fill = self.cache.begin_fill(self.watermarks.current());
+        let Loaded { answer, owner } = load().await?;
+        self.cache.store(fill, key, answer.clone(), owner);
+        Ok(answer)
     }
 }
 
@@ -104,9 +142,11 @@ impl Application {
         {
             read_models.switch_to(&active)?;
         }
+        let cache = Cache::new(config.cache_entries, config.cache_bytes, &metrics);
         let (watermarks, follower) = Watermarks::start(
             listen_pool,
             read_models.clone(),
+            cache.clone(),
             config.kafka_topic.clone(),
             config.consistency_wait(),
             &metrics,
@@ -114,6 +154,7 @@ impl Application {
         let state = AppState {
             read_models,
             watermarks,
+            cache,
             metrics,
         };
         let listener = TcpListener::bind(config.addr)

@@ -141,7 +141,8 @@ const NEXT_OFFSET: &str =
 pub struct ReadModels {
     current: Arc<RwLock<Generation>>,
     /// The connection settings of the first generation's pool; the others add a search_path.
-    base: PgConnectOptions,
+    /// Shared: every request clones the handle.
+    base: Arc<PgConnectOptions>,
     max_connections: u32,
     acquire_timeout: Duration,
 }
@@ -156,7 +157,7 @@ impl ReadModels {
     /// Reads through `pool`, the first generation's (`public`), until a switch.
     pub fn new(pool: PgPool) -> ReadModels {
         ReadModels {
-            base: pool.connect_options().as_ref().clone(),
+            base: pool.connect_options(),
             max_connections: pool.options().get_max_connections(),
             acquire_timeout: pool.options().get_acquire_timeout(),
             current: Arc::new(RwLock::new(Generation {
@@ -189,9 +190,9 @@ impl ReadModels {
             return Err(InvalidGeneration(name.to_owned()));
         }
         let options = if name == FIRST_GENERATION {
-            self.base.clone()
+            self.base.as_ref().clone()
         } else {
-            self.base.clone().options([("search_path", name)])
+            self.base.as_ref().clone().options([("search_path", name)])
         };
         let pool = PgPoolOptions::new()
             .max_connections(self.max_connections)

@@ -3,17 +3,17 @@
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::http::HeaderMap;
 use axum::response::Response;
 use axum::routing::get;
 use axum::{Json, Router};
 
-use crate::AppState;
+use crate::answer::Answer;
+use crate::cache::Key;
 use crate::error::ApiError;
-use crate::etag::versioned;
-use crate::extract::{PathId, ReadAfter};
+use crate::extract::{IfNoneMatch, PathId, ReadAfter};
 use crate::pagination::{Page, PageRequest, StreamPageRequest};
-use crate::read_models::{Decision, Post, StreamEvent};
+use crate::read_models::{Post, StreamEvent};
+use crate::{AppState, Loaded};
 
 /// How long `/readyz` gives PostgreSQL to answer `SELECT 1`.
 const READY_TIMEOUT: Duration = Duration::from_secs(1);
@@ -33,30 +33,49 @@ async fn get_user(
     State(state): State<AppState>,
     PathId(user_id): PathId,
     ReadAfter(token): ReadAfter,
-    headers: HeaderMap,
+    IfNoneMatch(if_none_match): IfNoneMatch,
 ) -> Result<Response, ApiError> {
     state.read_after(token).await?;
-    let user = state
-        .read_models
-        .user(user_id)
-        .await?
-        .ok_or(ApiError::NotFound("user"))?;
-    Ok(versioned(&headers, user.version, &user))
+    let read_models = &state.read_models;
+    let answer = state
+        .cached(Key::User(user_id), token, || async move {
+            let answer = match read_models.user(user_id).await? {
+                Some(user) => Answer::versioned(user.version, &user)?,
+                None => Answer::NotFound("user"),
+            };
+            Ok(Loaded {
+                answer,
+                owner: Some(user_id),
+            })
+        })
+        .await?;
+    Ok(answer.respond(&if_none_match))
 }
 
 async fn get_post(
     State(state): State<AppState>,
     PathId(post_id): PathId,
     ReadAfter(token): ReadAfter,
-    headers: HeaderMap,
+    IfNoneMatch(if_none_match): IfNoneMatch,
 ) -> Result<Response, ApiError> {
     state.read_after(token).await?;
-    let post = state
-        .read_models
-        .post(post_id)
-        .await?
-        .ok_or(ApiError::NotFound("post"))?;
-    Ok(versioned(&headers, post.version, &post))
+    let read_models = &state.read_models;
+    let answer = state
+        .cached(Key::Post(post_id), token, || async move {
+            Ok(match read_models.post(post_id).await? {
+                Some(post) => Loaded {
+                    answer: Answer::versioned(post.version, &post)?,
+                    owner: Some(post.author_id),
+                },
+                // Until a notice names the post: it cannot appear any other way.
+                None => Loaded {
+                    answer: Answer::NotFound("post"),
+                    owner: None,
+                },
+            })
+        })
+        .await?;
+    Ok(answer.respond(&if_none_match))
 }
 
 async fn list_user_posts(
@@ -64,41 +83,83 @@ async fn list_user_posts(
     PathId(user_id): PathId,
     page: PageRequest,
     ReadAfter(token): ReadAfter,
-) -> Result<Json<Page<Post>>, ApiError> {
+) -> Result<Response, ApiError> {
     state.read_after(token).await?;
-    if !state.read_models.live_user_exists(user_id).await? {
-        return Err(ApiError::NotFound("user"));
-    }
-    let rows = state.read_models.posts_by_author(user_id, &page).await?;
-    Ok(Json(Page::from_rows(rows, page.limit, |post| {
-        post.cursor().encode()
-    })))
+    let read_models = &state.read_models;
+    let load = || async move {
+        let answer = if read_models.live_user_exists(user_id).await? {
+            let rows = read_models.posts_by_author(user_id, &page).await?;
+            page_answer(rows, page.limit)?
+        } else {
+            Answer::NotFound("user")
+        };
+        Ok(Loaded {
+            answer,
+            owner: Some(user_id),
+        })
+    };
+    let answer = match page.after {
+        None => {
+            let key = Key::UserPosts {
+                user: user_id,
+                limit: page.limit,
+            };
+            state.cached(key, token, load).await?
+        }
+        Some(_) => load().await?.answer,
+    };
+    Ok(answer.respond(&[]))
 }
 
 async fn list_posts(
     State(state): State<AppState>,
     page: PageRequest,
     ReadAfter(token): ReadAfter,
-) -> Result<Json<Page<Post>>, ApiError> {
+) -> Result<Response, ApiError> {
     state.read_after(token).await?;
-    let rows = state.read_models.feed(&page).await?;
-    Ok(Json(Page::from_rows(rows, page.limit, |post| {
-        post.cursor().encode()
-    })))
+    let read_models = &state.read_models;
+    let load = || async move {
+        let rows = read_models.feed(&page).await?;
+        Ok(Loaded {
+            answer: page_answer(rows, page.limit)?,
+            owner: None,
+        })
+    };
+    let answer = match page.after {
+        None => {
+            let key = Key::Feed { limit: page.limit };
+            state.cached(key, token, load).await?
+        }
+        Some(_) => load().await?.answer,
+    };
+    Ok(answer.respond(&[]))
 }
 
+fn page_answer(rows: Vec<Post>, limit: u32) -> Result<Answer, ApiError> {
+    Answer::json(&Page::from_rows(rows, limit, |post| post.cursor().encode()))
+}
+
+/// A decision never changes once made, so it is cached; its absence is not (see `cache`).
 async fn get_command(
     State(state): State<AppState>,
     PathId(command_id): PathId,
     ReadAfter(token): ReadAfter,
-) -> Result<Json<Decision>, ApiError> {
+) -> Result<Response, ApiError> {
     state.read_after(token).await?;
-    let decision = state
-        .read_models
-        .decision(command_id)
-        .await?
-        .ok_or(ApiError::NotFound("command"))?;
-    Ok(Json(decision))
+    let read_models = &state.read_models;
+    let answer = state
+        .cached(Key::Command(command_id), token, || async move {
+            let answer = match read_models.decision(command_id).await? {
+                Some(decision) => Answer::json(&decision)?,
+                None => Answer::NotFound("command"),
+            };
+            Ok(Loaded {
+                answer,
+                owner: None,
+            })
+        })
+        .await?;
+    Ok(answer.respond(&[]))
 }
 
 /// A stream is history: a deleted user's or post's stream is still served, ending with the

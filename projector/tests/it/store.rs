@@ -1,11 +1,13 @@
-//! The batch transaction on its own, against a real PostgreSQL: the fence, and a record that
-//! decodes but cannot be applied.
+//! The batch transaction on its own, against a real PostgreSQL: the fence, a record that
+//! decodes but cannot be applied, and the progress notice.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::Utc;
-use events::{Envelope, Event, PostFormat, PostPublished, UserRegistered};
+use events::progress::{Changed, ProgressNotice};
+use events::{Envelope, Event, PostEdited, PostFormat, PostPublished, UserRegistered};
 use projector::store::{Claim, Record, Store};
+use sqlx::postgres::PgListener;
 use test_support::TestDb;
 use uuid::Uuid;
 
@@ -224,6 +226,11 @@ async fn a_statement_that_fails_is_isolated_to_its_record_on_the_slow_path() {
     assert_eq!(outcome.applied, 1, "counts only what committed");
     assert_eq!(outcome.dead_letters, 1);
     assert_eq!(outcome.committed, BTreeMap::from([(0, 2)]));
+    assert_eq!(
+        outcome.changed_owners,
+        BTreeSet::from([alice]),
+        "names only what committed"
+    );
     let error: String = sqlx::query_scalar("SELECT error FROM dead_letters WHERE kafka_offset = 1")
         .fetch_one(store.pool())
         .await
@@ -232,4 +239,85 @@ async fn a_statement_that_fails_is_isolated_to_its_record_on_the_slow_path() {
     assert_eq!(count(&store, "SELECT count(*) FROM users").await, 1);
     assert_eq!(count(&store, "SELECT count(*) FROM decisions").await, 1);
     db.drop_database().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_progress_notice_names_the_owners_and_posts_a_batch_changed() {
+    let db = TestDb::create().await;
+    let store = store(&db).await;
+    let mut claim = store.claim(&[0], "me").await.expect("claim")[&0];
+    let mut listener = PgListener::connect(&db.url).await.expect("listener");
+    listener
+        .listen(events::progress::CHANNEL)
+        .await
+        .expect("listen");
+    let (alice, bob, nobody) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+    let (first, second, orphan) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+    let mut batches = vec![
+        // An applied event names its owner, a written post its id; a rejected event (a post of
+        // a user who never registered) names nothing.
+        vec![
+            registered(alice),
+            published(alice, first),
+            published(alice, second),
+            registered(bob),
+            published(nobody, orphan),
+        ],
+        // An edit names the post and its owner.
+        vec![envelope(
+            alice,
+            first,
+            Event::PostEdited(PostEdited {
+                title: Some("t2".into()),
+                body: None,
+            }),
+        )],
+        // A deletion hides every post of the user without naming them: the owner covers them.
+        vec![envelope(alice, alice, Event::UserDeleted)],
+        // Only rejections: nothing changed.
+        vec![registered(bob)],
+    ];
+    // More than a NOTIFY payload can name.
+    batches.push((0..300).map(|_| registered(Uuid::now_v7())).collect());
+    let mut expected = vec![
+        Some(Changed {
+            owners: sorted([alice, bob]),
+            posts: sorted([first, second]),
+        }),
+        Some(Changed {
+            owners: vec![alice],
+            posts: vec![first],
+        }),
+        Some(Changed {
+            owners: vec![alice],
+            posts: vec![],
+        }),
+        Some(Changed::default()),
+        None,
+    ]
+    .into_iter();
+
+    for batch in batches {
+        let records: Vec<Record> = batch
+            .iter()
+            .enumerate()
+            .map(|(n, e)| record(0, claim.next_offset + n as i64, e))
+            .collect();
+        let outcome = store
+            .commit_batch(&records, &BTreeMap::from([(0, claim)]), false)
+            .await
+            .expect("commit");
+        claim.next_offset = outcome.committed[&0];
+        let notification = listener.recv().await.expect("a notice");
+        let payload = notification.payload();
+        assert!(payload.len() < 8000, "{}", payload.len());
+        let notice: ProgressNotice = serde_json::from_str(payload).expect("a progress notice");
+        assert_eq!(notice.offsets, [(0, claim.next_offset)]);
+        assert_eq!(notice.changed, expected.next().expect("an expectation"));
+    }
+    db.drop_database().await;
+}
+
+fn sorted<const N: usize>(ids: [Uuid; N]) -> Vec<Uuid> {
+    BTreeSet::from(ids).into_iter().collect()
 }

@@ -54,13 +54,16 @@ async fn users_and_posts_answer_304_to_their_current_etag_only() {
     let post_id = seed::post(&pool, user_id, "Notes", seed::at(1)).await;
     seed::edit_post(&pool, post_id, "Notes 2").await;
     seed::edit_post(&pool, post_id, "Notes 3").await;
-    let app = spawn_app(&db.url, &unique_topic("query"), Duration::from_secs(5)).await;
+    let topic = unique_topic("query");
+    let app = spawn_app(&db.url, &topic, Duration::from_secs(5)).await;
 
     conditional_reads(&app, &format!("/v1/users/{user_id}"), "\"2\"", "\"1\"").await;
     conditional_reads(&app, &format!("/v1/posts/{post_id}"), "\"3\"", "\"2\"").await;
 
-    // A new version makes the old ETag stale.
+    // A new version makes the old ETag stale, once the projector's notice says so.
     seed::update_user(&pool, user_id, "Ada Lovelace").await;
+    seed::advance_and_notify_changed(&pool, &topic, 0, 1, &[user_id], &[]).await;
+    app.wait_for_offset(0, 1).await;
     let (headers, body) = json_ok(
         app.get_with(
             &format!("/v1/users/{user_id}"),

@@ -24,6 +24,8 @@ pub fn config(database_url: &str, topic: &str, consistency_wait: Duration) -> Co
         consistency_wait_ms: u64::try_from(consistency_wait.as_millis()).expect("wait fits u64"),
         db_pool_size: 4,
         db_acquire_timeout_ms: 2000,
+        cache_entries: 10_000,
+        cache_bytes: 16 << 20,
         log_format: LogFormat::Text,
     }
 }
@@ -66,6 +68,25 @@ impl TestApp {
             response.status()
         );
         response
+    }
+
+    /// Returns once the follower has published `next_offset` for `partition`: it has applied
+    /// every notice sent before the one that said so, cache invalidations first.
+    pub async fn wait_for_offset(&self, partition: i32, next_offset: i64) {
+        let series = format!("query_api_projector_next_offset{{partition=\"{partition}\"}}");
+        eventually(&format!("{series} at {next_offset}"), || async {
+            self.metric(&series).await == Some(next_offset as f64)
+        })
+        .await;
+    }
+
+    /// Returns once the cache serves (the follower listens) or, with `false`, once it does not.
+    pub async fn wait_for_cache_following(&self, following: bool) {
+        let expected = if following { 1.0 } else { 0.0 };
+        eventually(&format!("the cache following: {following}"), || async {
+            self.metric("query_api_cache_following").await == Some(expected)
+        })
+        .await;
     }
 
     /// The value of one metric series, if the app has it: `series` is the name with its labels

@@ -1,8 +1,11 @@
 //! Integration tests of the query API: real PostgreSQL, HTTP over real sockets.
 //!
 //! Each test gets a migrated database of its own, puts rows in place as the projector would
-//! (see [`seed`]), and talks to an [`helpers::TestApp`] built on port 0.
+//! (see [`seed`]), and talks to an [`helpers::TestApp`] built on port 0. A row changed behind
+//! the app's back (without a progress notice naming it) may still be answered from its cache:
+//! [`cache`] relies on that to show where answers come from.
 
+mod cache;
 mod commands;
 mod conditional;
 mod consistency;

@@ -31,6 +31,8 @@ async fn reads_answer_503_while_postgres_is_down_and_recover_without_a_restart()
     .await;
 
     pg.stop().await;
+    // Until the follower has seen its connection go, the cache may still answer the user.
+    app.wait_for_cache_following(false).await;
 
     for path in [
         user_path.clone(),

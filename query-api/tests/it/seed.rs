@@ -185,8 +185,40 @@ pub async fn set_offset_silently(pool: &PgPool, topic: &str, partition: i32, nex
 }
 
 /// What the projector does at the end of a batch: the offset and the notification, in one
-/// transaction.
+/// transaction. The notice does not say what changed (as an older projector's), which makes
+/// the query API drop its whole cache.
 pub async fn advance_and_notify(pool: &PgPool, topic: &str, partition: i32, next_offset: i64) {
+    let payload =
+        serde_json::json!({"topic": topic, "offsets": [[partition, next_offset]]}).to_string();
+    advance_and_send(pool, topic, partition, next_offset, payload).await;
+}
+
+/// The end of a batch whose notice names what it changed: the owners (users) of its events and
+/// the posts it wrote.
+pub async fn advance_and_notify_changed(
+    pool: &PgPool,
+    topic: &str,
+    partition: i32,
+    next_offset: i64,
+    owners: &[Uuid],
+    posts: &[Uuid],
+) {
+    let payload = serde_json::json!({
+        "topic": topic,
+        "offsets": [[partition, next_offset]],
+        "changed": {"owners": owners, "posts": posts},
+    })
+    .to_string();
+    advance_and_send(pool, topic, partition, next_offset, payload).await;
+}
+
+async fn advance_and_send(
+    pool: &PgPool,
+    topic: &str,
+    partition: i32,
+    next_offset: i64,
+    payload: String,
+) {
     let mut tx = pool.begin().await.expect("begin");
     sqlx::query(UPSERT_OFFSET)
         .bind(topic)
@@ -195,8 +227,6 @@ pub async fn advance_and_notify(pool: &PgPool, topic: &str, partition: i32, next
         .execute(&mut *tx)
         .await
         .expect("advance offset");
-    let payload =
-        serde_json::json!({"topic": topic, "offsets": [[partition, next_offset]]}).to_string();
     sqlx::query("SELECT pg_notify('projector_progress', $1)")
         .bind(payload)
         .execute(&mut *tx)
