@@ -46,6 +46,12 @@ pub struct Config {
     #[arg(long, env = "KAFKA_SESSION_TIMEOUT_MS", default_value_t = 10_000)]
     pub kafka_session_timeout_ms: u32,
 
+    /// Longest a fetch waits at the broker for new records (librdkafka `fetch.wait.max.ms`).
+    /// Kafka answers as soon as records arrive; a broker that holds the fetch for the whole wait
+    /// (tansu does) adds up to this much to every write's visibility lag.
+    #[arg(long, env = "KAFKA_FETCH_WAIT_MS", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub kafka_fetch_wait_ms: u32,
+
     /// PostgreSQL holding the read models.
     #[arg(
         long,

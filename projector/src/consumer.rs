@@ -234,6 +234,7 @@ impl Projector {
                 "heartbeat.interval.ms",
                 (config.kafka_session_timeout_ms / 3).max(500).to_string(),
             )
+            .set("fetch.wait.max.ms", config.kafka_fetch_wait_ms.to_string())
             .create_with_context(context)?;
         let projector = Projector {
             consumer,
