@@ -235,11 +235,6 @@ impl Projector {
                 (config.kafka_session_timeout_ms / 3).max(500).to_string(),
             )
             .set("fetch.wait.max.ms", config.kafka_fetch_wait_ms.to_string())
-            // Fetches of about a batch: a broker that builds each response record by record
-            // (tansu) answers a large one only after many seconds, long enough to miss
-            // heartbeats while catching up with a backlog.
-            .set("max.partition.fetch.bytes", "262144")
-            .set("fetch.max.bytes", "1048576")
             .create_with_context(context)?;
         let projector = Projector {
             consumer,
