@@ -172,24 +172,10 @@ impl Appender {
     ) -> Result<ConsistencyToken, AppendError> {
         let key = envelope.partition_key.to_string();
         let payload = envelope.encode();
-        let schema_version = envelope.schema_version().to_string();
-        let record_headers = OwnedHeaders::new()
-            .insert(Header {
-                key: headers::EVENT_TYPE,
-                value: Some(envelope.type_name()),
-            })
-            .insert(Header {
-                key: headers::SCHEMA_VERSION,
-                value: Some(schema_version.as_str()),
-            })
-            .insert(Header {
-                key: headers::CONTENT_TYPE,
-                value: Some(headers::JSON),
-            });
         let record = FutureRecord::to(&self.topic)
             .key(&key)
             .payload(&payload)
-            .headers(record_headers);
+            .headers(record_headers(envelope));
 
         // `send_result` enqueues or fails at once; it never waits for room in the queue.
         let delivery = producer
@@ -297,6 +283,25 @@ impl Appender {
             Err(error) => tracing::warn!(%error, "flush at shutdown failed"),
         }
     }
+}
+
+/// The Kafka headers of `envelope`'s record: its type, schema version and content type, so that
+/// a reader can route or skip a record without parsing it.
+pub fn record_headers(envelope: &Envelope) -> OwnedHeaders {
+    let schema_version = envelope.schema_version().to_string();
+    OwnedHeaders::new()
+        .insert(Header {
+            key: headers::EVENT_TYPE,
+            value: Some(envelope.type_name()),
+        })
+        .insert(Header {
+            key: headers::SCHEMA_VERSION,
+            value: Some(schema_version.as_str()),
+        })
+        .insert(Header {
+            key: headers::CONTENT_TYPE,
+            value: Some(headers::JSON),
+        })
 }
 
 fn create_producer(config: &ClientConfig) -> anyhow::Result<FutureProducer> {

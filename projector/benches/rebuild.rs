@@ -32,8 +32,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail, ensure};
 use chrono::{DateTime, Utc};
 use clap::Parser;
+use events::UserRegistered;
 use events::{Envelope, Event, PostEdited, PostFormat, PostPublished, UserProfileUpdated};
-use events::{UserRegistered, headers};
 use projector::config::RebuildArgs;
 use projector::store::{Record, Store};
 use projector::{LogSource, RecordedLog};
@@ -42,7 +42,6 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use serde::Serialize;
 use sqlx::postgres::PgPoolOptions;
@@ -493,24 +492,10 @@ fn produce(brokers: &str, topic: &str, events: u64, seed: u64) -> anyhow::Result
         let envelope = workload.next_event();
         let key = envelope.partition_key.to_string();
         let payload = envelope.encode();
-        let schema_version = envelope.schema_version().to_string();
-        let record_headers = OwnedHeaders::new()
-            .insert(Header {
-                key: headers::EVENT_TYPE,
-                value: Some(envelope.type_name()),
-            })
-            .insert(Header {
-                key: headers::SCHEMA_VERSION,
-                value: Some(schema_version.as_str()),
-            })
-            .insert(Header {
-                key: headers::CONTENT_TYPE,
-                value: Some(headers::JSON),
-            });
         let mut record = BaseRecord::to(topic)
             .key(&key)
             .payload(&payload)
-            .headers(record_headers);
+            .headers(command_api::appender::record_headers(&envelope));
         loop {
             match producer.send(record) {
                 Ok(()) => break,
