@@ -261,8 +261,23 @@ impl Stack {
     }
 
     /// Waits until the projector has decided everything the topic holds now.
+    /// On failure it also shows what the projectors stored, so that a failed run explains itself.
     pub async fn wait_caught_up(&self) {
-        wait_caught_up(&self.client, &self.query.url, &self.brokers, &self.topic).await;
+        if let Err(missed) =
+            try_wait_caught_up(&self.client, &self.query.url, &self.brokers, &self.topic).await
+        {
+            let pool = self.db.pool().await;
+            let stored: Vec<(i32, i64, i64, String)> = sqlx::query_as(
+                "SELECT partition, next_offset, epoch, owner FROM projector_offsets ORDER BY partition",
+            )
+            .fetch_all(&pool)
+            .await
+            .unwrap_or_default();
+            panic!(
+                "read model never reached {missed}; log ends {:?}; stored (partition, next, epoch, owner): {stored:?}",
+                end_offsets(&self.brokers, &self.topic)
+            );
+        }
     }
 }
 
@@ -327,6 +342,18 @@ impl Accepted {
 /// Waits, through the query API's consistency wait, until the read model covers the last record
 /// of every partition of `topic` as it is now.
 pub async fn wait_caught_up(client: &reqwest::Client, query_url: &str, brokers: &str, topic: &str) {
+    if let Err(missed) = try_wait_caught_up(client, query_url, brokers, topic).await {
+        panic!("read model never reached {missed}");
+    }
+}
+
+/// [`wait_caught_up`], answering the first token the read model did not reach in time.
+async fn try_wait_caught_up(
+    client: &reqwest::Client,
+    query_url: &str,
+    brokers: &str,
+    topic: &str,
+) -> Result<(), String> {
     for (partition, high) in end_offsets(brokers, topic) {
         if high == 0 {
             continue;
@@ -338,12 +365,11 @@ pub async fn wait_caught_up(client: &reqwest::Client, query_url: &str, brokers: 
             .send()
             .await
             .expect("read");
-        assert_eq!(
-            response.status(),
-            StatusCode::OK,
-            "read model never reached {token}"
-        );
+        if response.status() != StatusCode::OK {
+            return Err(token);
+        }
     }
+    Ok(())
 }
 
 /// Each partition's end offset.
