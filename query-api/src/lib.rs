@@ -137,13 +137,16 @@ impl Application {
             .database_url
             .parse()
             .context("DATABASE_URL is not a PostgreSQL URL")?;
-        let pool_of = |options| {
+        let pool_of = |options, acquire_timeout| {
             PgPoolOptions::new()
                 .max_connections(config.db_pool_size)
-                .acquire_timeout(config.db_acquire_timeout())
+                .acquire_timeout(acquire_timeout)
                 .connect_lazy_with(options)
         };
-        let pool = pool_of(connect_options);
+        let pool = pool_of(connect_options, config.db_acquire_timeout());
+        let replica_acquire_timeout = config
+            .db_acquire_timeout()
+            .min(replicas::REPLICA_ACQUIRE_TIMEOUT);
         let replica_pools = config
             .database_replica_urls
             .iter()
@@ -153,7 +156,7 @@ impl Application {
                 let options = url.parse().with_context(|| {
                     format!("DATABASE_REPLICA_URLS: replica {index} is not a PostgreSQL URL")
                 })?;
-                Ok(pool_of(options))
+                Ok(pool_of(options, replica_acquire_timeout))
             })
             .collect::<anyhow::Result<Vec<PgPool>>>()?;
         // The listening connection lives as long as it can; it is only replaced when lost.

@@ -211,7 +211,7 @@ impl ReadModels {
                 replicas: replicas
                     .iter()
                     .enumerate()
-                    .map(|(index, pool)| Replica::new(index, (*pool.connect_options()).clone()))
+                    .map(|(index, pool)| Replica::new(index, pool))
                     .collect(),
                 next_replica: AtomicUsize::new(0),
                 max_connections: primary.options().get_max_connections(),
@@ -252,7 +252,7 @@ impl ReadModels {
             return Err(InvalidGeneration(name.to_owned()));
         }
         let shared = &self.shared;
-        let pool_of = |base: &PgConnectOptions| {
+        let pool_of = |base: &PgConnectOptions, acquire_timeout| {
             let options = if name == FIRST_GENERATION {
                 base.clone()
             } else {
@@ -260,16 +260,16 @@ impl ReadModels {
             };
             PgPoolOptions::new()
                 .max_connections(shared.max_connections)
-                .acquire_timeout(shared.acquire_timeout)
+                .acquire_timeout(acquire_timeout)
                 .connect_lazy_with(options)
         };
         let generation = Generation {
             name: name.to_owned(),
-            pool: pool_of(&shared.primary),
+            pool: pool_of(&shared.primary, shared.acquire_timeout),
             replicas: shared
                 .replicas
                 .iter()
-                .map(|replica| ReplicaPool::new(pool_of(&replica.options)))
+                .map(|replica| ReplicaPool::new(pool_of(&replica.options, replica.acquire_timeout)))
                 .collect(),
         };
         let old = std::mem::replace(
@@ -313,7 +313,6 @@ impl ReadModels {
                     &shared.replicas[index],
                     &generation.name,
                     &shared.topic,
-                    shared.acquire_timeout,
                 )
                 .await
         {
@@ -337,13 +336,7 @@ impl ReadModels {
         if let (Some(pool), Some(replica)) =
             (generation.replicas.get(index), shared.replicas.get(index))
         {
-            pool.refresh(
-                replica,
-                &generation.name,
-                &shared.topic,
-                shared.acquire_timeout,
-            )
-            .await;
+            pool.refresh(replica, &generation.name, &shared.topic).await;
         }
     }
 

@@ -33,6 +33,11 @@ use crate::read_models::{self, ReadModels};
 /// How long a replica that failed to answer is passed over, unless a poll reaches it sooner.
 pub const UNHEALTHY_FOR: Duration = Duration::from_secs(1);
 
+/// The longest a read waits for a replica's connection (or a refresh for its answer) before
+/// the primary answers instead, if `DB_ACQUIRE_TIMEOUT_MS` is not shorter: a replica that went
+/// down costs the reads that find out this much, not the primary's whole wait.
+pub const REPLICA_ACQUIRE_TIMEOUT: Duration = Duration::from_millis(250);
+
 /// What a read needs of the database that answers it: which of the projector's progress it must
 /// already include. The default needs nothing, and any replica will do.
 #[derive(Debug, Clone, Default)]
@@ -97,16 +102,20 @@ pub struct Replica {
     pub label: String,
     /// Its connection settings; each generation adds its search_path.
     pub options: PgConnectOptions,
+    /// Its pools' acquire timeout, also the bound on a refresh.
+    pub acquire_timeout: Duration,
     /// Until when it is passed over, as nanoseconds since `epoch`; 0 when healthy.
     unhealthy_until: AtomicU64,
     epoch: Instant,
 }
 
 impl Replica {
-    pub fn new(index: usize, options: PgConnectOptions) -> Replica {
+    /// Replica `index` (its place in the configuration), connected as `pool`.
+    pub fn new(index: usize, pool: &PgPool) -> Replica {
         Replica {
             label: format!("replica_{index}"),
-            options,
+            options: (*pool.connect_options()).clone(),
+            acquire_timeout: pool.options().get_acquire_timeout(),
             unhealthy_until: AtomicU64::new(0),
             epoch: Instant::now(),
         }
@@ -188,40 +197,28 @@ impl ReplicaPool {
         replica: &Replica,
         generation: &str,
         topic: &str,
-        timeout: Duration,
     ) -> bool {
         let asked_after = self.refreshes_begun.load(Ordering::SeqCst);
         let _one_at_a_time = self.refreshing.lock().await;
         if self.read_seen().by_refresh <= asked_after {
-            self.refresh_locked(replica, generation, topic, timeout)
-                .await;
+            self.refresh_locked(replica, generation, topic).await;
         }
         self.meets(requirement)
     }
 
     /// Reads the replica's offsets now (after any refresh under way).
-    pub async fn refresh(
-        &self,
-        replica: &Replica,
-        generation: &str,
-        topic: &str,
-        timeout: Duration,
-    ) {
+    pub async fn refresh(&self, replica: &Replica, generation: &str, topic: &str) {
         let _one_at_a_time = self.refreshing.lock().await;
-        self.refresh_locked(replica, generation, topic, timeout)
-            .await;
+        self.refresh_locked(replica, generation, topic).await;
     }
 
-    async fn refresh_locked(
-        &self,
-        replica: &Replica,
-        generation: &str,
-        topic: &str,
-        timeout: Duration,
-    ) {
+    async fn refresh_locked(&self, replica: &Replica, generation: &str, topic: &str) {
         let number = self.refreshes_begun.fetch_add(1, Ordering::SeqCst) + 1;
-        let found =
-            tokio::time::timeout(timeout, load_offsets(&self.pool, generation, topic)).await;
+        let found = tokio::time::timeout(
+            replica.acquire_timeout,
+            load_offsets(&self.pool, generation, topic),
+        )
+        .await;
         let offsets = match found {
             Ok(Ok(offsets)) => {
                 replica.mark_healthy();
@@ -492,10 +489,10 @@ mod tests {
         assert_eq!(classify(&sqlx::Error::RowNotFound), Failure::Query);
     }
 
-    #[test]
-    fn an_unhealthy_replica_is_passed_over_for_a_while() {
+    #[tokio::test]
+    async fn an_unhealthy_replica_is_passed_over_for_a_while() {
         let options: PgConnectOptions = "postgres://replica/db".parse().expect("url");
-        let replica = Replica::new(0, options);
+        let replica = Replica::new(0, &PgPool::connect_lazy_with(options));
         assert!(replica.is_healthy());
         replica.mark_unhealthy(&"refused");
         assert!(!replica.is_healthy());
