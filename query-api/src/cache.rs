@@ -40,32 +40,55 @@
 //! that check and the insert, every lookup finds the entry stale). A fill whose sequence already
 //! includes the invalidation started its read after the notice had arrived, so after the batch
 //! had committed (PostgreSQL delivers a notice only once its transaction is visible): what it
-//! read includes the batch.
+//! read includes the batch, if it read the primary (for a replica, see "Replicas" below).
 //!
 //! # Order in the follower
 //!
 //! The follower ([`crate::consistency`]) applies each notice of the active generation by FIRST
-//! invalidating, THEN publishing the new watermarks. Once any read has seen a watermark that
-//! covers a write (its token wait was released), no entry older than that write is live, so no
-//! read, with a token or without, is answered from before it: a client does not see its write
-//! vanish on the read after the one that showed it. On a (re)connect the follower clears after
-//! its LISTEN (every later commit will be notified) and after following the active generation,
-//! and before it publishes the offsets it loaded; a switch clears after the reads were sent to
-//! the new generation's pool, so a fill whose sequence includes the clear reads the new
-//! generation. While the follower is not listening (start-up, connection lost, follower gone)
-//! the cache is *suspended*: no notice could make anything stale, so nothing is served or kept.
+//! hearing its offsets (see "Replicas"), THEN invalidating, THEN publishing the new watermarks.
+//! Once any read has seen a watermark that covers a write (its token wait was released), no
+//! entry older than that write is live, so no read answered from the cache, with a token or
+//! without, is answered from before it: a client does not see its write vanish on the read
+//! after the one that showed it. On a (re)connect the follower clears after its LISTEN (every
+//! later commit will be notified) and after following the active generation, and before it
+//! publishes the offsets it loaded (having heard them before the clear); a switch clears after
+//! the reads were sent to the new generation's pools, so a fill whose sequence includes the
+//! clear reads the new generation. While the follower is not listening (start-up, connection
+//! lost, follower gone) the cache is *suspended*: no notice could make anything stale, so
+//! nothing is served or kept, and a fill begun then is never kept, even if the cache resumes
+//! before it ends.
 //!
 //! # Consistency tokens
 //!
 //! A read with a token `(p, o)` first waits, as without the cache, until the watermark of `p`
-//! covers `o`. Each entry keeps the watermarks published when its fill began (before its
-//! database read), and serves a token only if they covered it: filled-under next offset of
-//! `p` > `o`. Why such an entry cannot be older than the write: the follower published a
+//! covers `o`. Each entry keeps the watermarks heard when its fill began (after its sequence,
+//! before its database read), and serves a token only if they covered it: filled-under next
+//! offset of `p` > `o`. Why such an entry cannot be older than the write: the follower heard a
 //! watermark covering `o` only after the notice of the batch holding `o` arrived, so after that
-//! batch had committed; the fill read that watermark, then read PostgreSQL, so its read includes
-//! the write; and as the entry is live, nothing it shows has changed since. An entry filled
-//! under older watermarks is passed over: the read goes to PostgreSQL and refills it. A
-//! decision is the same once made, so a decision's entry serves any token.
+//! batch had committed; the fill read that watermark, then read PostgreSQL (the primary, or a
+//! replica that had replayed at least that far), so its read includes the write; and as the
+//! entry is live, nothing it shows has changed since. An entry filled under older watermarks is
+//! passed over: the read goes to PostgreSQL and refills it. A decision is the same once made,
+//! so a decision's entry serves any token.
+//!
+//! # Replicas
+//!
+//! A miss may read a replica ([`crate::replicas`]), which shows the primary as it was a moment
+//! ago. The fill race's last step ("its read includes the batch") then holds only if the replica
+//! had replayed that batch. So a fill reads the sequence FIRST, THEN the watermarks the follower
+//! has heard, and its read goes only to a replica whose replayed offsets are at or past those on
+//! every partition (else to the primary). As the follower hears a batch's offsets before it
+//! invalidates what the batch changed, a fill whose sequence includes that invalidation has
+//! heard those offsets or later ones, and reads a replica that has replayed the batch: its read
+//! includes the batch, as on the primary. The other orders are unsound: watermarks read before
+//! the sequence, or watermarks that are published only after the invalidation, let a fill slip
+//! in between, read a lagging replica from before the batch, and keep that live until the next
+//! notice that names it. The offsets are our topic's: once a notice of another topic was heard
+//! in the active generation, they say nothing of that topic's batches, and fills read the
+//! primary. A fill begun with the cache off or suspended is never kept, so it needs nothing of a
+//! replica. Reads that fill nothing (later pages, streams, every read with the cache off) need
+//! nothing of a replica without a token: they may show a replica's older state, also after a
+//! read that showed a newer one. A token is the way to read one's own writes.
 //!
 //! # Size
 //!

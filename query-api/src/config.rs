@@ -25,12 +25,7 @@ pub struct Config {
     /// Hot standbys of DATABASE_URL, comma-separated, that reads are spread over (none by
     /// default). A read that must see a consistency token, or that fills the read cache, goes to
     /// a standby only once that standby has replayed far enough; otherwise to DATABASE_URL.
-    #[arg(
-        long,
-        env = "DATABASE_REPLICA_URLS",
-        value_delimiter = ',',
-        num_args = 0..
-    )]
+    #[arg(long, env = "DATABASE_REPLICA_URLS", value_delimiter = ',')]
     pub database_replica_urls: Vec<String>,
 
     /// How often each standby's replayed projector offsets are read, in milliseconds.
@@ -79,6 +74,15 @@ impl Config {
         Duration::from_millis(self.db_acquire_timeout_ms)
     }
 
+    /// The replica URLs given, without blank entries: an empty variable (as a compose file's
+    /// `${VAR:-}` leaves it) or a trailing comma names no replica.
+    pub fn replica_urls(&self) -> impl Iterator<Item = &str> {
+        self.database_replica_urls
+            .iter()
+            .map(|url| url.trim())
+            .filter(|url| !url.is_empty())
+    }
+
     pub fn replica_poll(&self) -> Duration {
         Duration::from_millis(self.replica_poll_ms)
     }
@@ -111,9 +115,12 @@ mod tests {
         ])
         .expect("parses");
         assert_eq!(
-            config.database_replica_urls,
+            config.replica_urls().collect::<Vec<_>>(),
             ["postgres://a/db", "postgres://b/db"]
         );
+        let blank =
+            Config::try_parse_from(["query-api", "--database-replica-urls", " ,"]).expect("parses");
+        assert_eq!(blank.replica_urls().count(), 0);
     }
 
     #[test]

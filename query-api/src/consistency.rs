@@ -10,6 +10,8 @@
 //! whole table after every (re)connect, on the listening connection and after its LISTEN: any
 //! progress committed after the load is then notified. As a last resort for whatever may still
 //! slip through, a request checks the table once more at its deadline before giving up with 503.
+//! All of this is on the primary: a standby relays no NOTIFY. A released read then goes to a
+//! replica only if that one has applied the token too ([`crate::replicas`]).
 //!
 //! Read-model generations: the follower also LISTENs on the channel `projector switch` notifies
 //! when it makes another generation active. On that notice (and on every (re)connect) it asks
@@ -23,7 +25,9 @@
 //! The follower also keeps the read cache ([`Cache`]) honest: for each progress notice of the
 //! active generation it FIRST makes stale what the notice says changed, THEN publishes the new
 //! offsets, so that no read released by a watermark, nor any read after it, is answered from
-//! before that watermark's batch. It clears the cache after every (re)connect (notices may have
+//! the cache from before that watermark's batch. Before it makes anything stale it has *heard*
+//! the new offsets ([`Watermarks::heard`]): what a cache fill that follows the invalidation
+//! asks of a replica. It clears the cache after every (re)connect (notices may have
 //! been lost) and every switch, and suspends it whenever it is not listening. Why this order,
 //! and why a cached answer never predates a token, is argued in [`crate::cache`].
 
@@ -75,22 +79,13 @@ struct Progress {
 }
 
 impl Progress {
-    /// Offsets that hold from now on: heard at once; call [`publish`](Progress::publish) with
-    /// them once the cache has been made to agree.
-    fn hear(&self, offsets: &Arc<Offsets>) {
-        self.heard.send_replace(offsets.clone());
-    }
-
-    fn publish(&self, offsets: Arc<Offsets>) {
-        self.published.send_replace(offsets);
-    }
-
-    /// Hears, then publishes, `offsets` around `make_cache_agree`.
+    /// Moves to `offsets`: heard at once, then `make_cache_agree`, then published. A fill that
+    /// follows the cache's change has heard them; a read they release finds the cache agreeing.
     fn advance(&self, offsets: Offsets, make_cache_agree: impl FnOnce()) {
         let offsets = Arc::new(offsets);
-        self.hear(&offsets);
+        self.heard.send_replace(offsets.clone());
         make_cache_agree();
-        self.publish(offsets);
+        self.published.send_replace(offsets);
     }
 }
 

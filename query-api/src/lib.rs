@@ -148,8 +148,7 @@ impl Application {
             .db_acquire_timeout()
             .min(replicas::REPLICA_ACQUIRE_TIMEOUT);
         let replica_pools = config
-            .database_replica_urls
-            .iter()
+            .replica_urls()
             .enumerate()
             .map(|(index, url)| {
                 // Not the URL itself: it may hold a password.
