@@ -7,9 +7,11 @@ use std::time::{Duration, Instant};
 
 use query_api::{Application, Config};
 use sqlx::PgPool;
+use sqlx::postgres::PgConnectOptions;
 use test_support::{MIGRATOR, OwnPostgres, TestDb, unique_topic};
 use uuid::Uuid;
 
+use crate::generations::{GENERATION, switch};
 use crate::helpers::{TestApp, config, eventually, json_ok, problem, spawn_app_with};
 use crate::seed;
 
@@ -24,6 +26,7 @@ struct Fixture {
     // Dropped last: the clusters stop when dropped.
     app: TestApp,
     pool: PgPool,
+    db_url: String,
     topic: String,
     ada: Uuid,
     standby: OwnPostgres,
@@ -52,6 +55,7 @@ async fn fixture(settings: impl FnOnce(Config) -> Config) -> Fixture {
     Fixture {
         app,
         pool,
+        db_url: db.url,
         topic,
         ada,
         standby,
@@ -207,6 +211,59 @@ async fn a_stopped_replica_leaves_the_reads_to_the_primary() {
     })
     .await;
     assert_eq!(f.app.metric(HEALTHY).await, Some(1.0));
+}
+
+#[tokio::test]
+async fn a_replica_is_read_for_a_new_generation_only_once_it_has_replayed_the_switch() {
+    let f = fixture(without_cache).await;
+    // A rebuild under way, half done on the primary and so on the standby.
+    sqlx::query(&format!("CREATE SCHEMA {GENERATION}"))
+        .execute(&f.pool)
+        .await
+        .expect("create the generation's schema");
+    let options = f
+        .db_url
+        .parse::<PgConnectOptions>()
+        .expect("url")
+        .options([("search_path", GENERATION)]);
+    let rebuilt = PgPool::connect_with(options).await.expect("connect");
+    MIGRATOR
+        .run(&rebuilt)
+        .await
+        .expect("migrate the generation");
+    sqlx::query(
+        "INSERT INTO users (id, display_name, bio, post_count, version, created_at, updated_at) \
+         VALUES ($1, 'Ada (half built)', NULL, 0, 1, $2, $2)",
+    )
+    .bind(f.ada)
+    .bind(seed::at(0))
+    .execute(&rebuilt)
+    .await
+    .expect("insert user");
+    seed::set_offset_silently(&rebuilt, &f.topic, 0, 7).await;
+    f.standby.wait_for_replay_of(&f.primary).await;
+    f.standby.pause_replay().await;
+
+    // The rebuild ends and is switched to; the standby replays neither.
+    sqlx::query("UPDATE users SET display_name = 'Ada (rebuilt)' WHERE id = $1")
+        .bind(f.ada)
+        .execute(&rebuilt)
+        .await
+        .expect("finish the rebuild");
+    switch(&f.pool).await;
+    f.app.wait_for_offset(0, 7).await;
+    // The standby's copy of the generation is half built, and its catalogue still names
+    // public: the primary answers.
+    assert_eq!(f.display_name(None).await, "Ada (rebuilt)");
+    assert_eq!(f.app.metric(SEEN).await, None, "not seen on the generation");
+
+    f.standby.resume_replay().await;
+    f.standby.wait_for_replay_of(&f.primary).await;
+    wait_for_metric(&f.app, SEEN, 7.0).await;
+    let replica_reads = f.count(REPLICA_READS).await;
+    assert_eq!(f.display_name(None).await, "Ada (rebuilt)");
+    assert_eq!(f.count(REPLICA_READS).await, replica_reads + 1.0);
+    rebuilt.close().await;
 }
 
 #[tokio::test]
