@@ -40,32 +40,55 @@
 //! that check and the insert, every lookup finds the entry stale). A fill whose sequence already
 //! includes the invalidation started its read after the notice had arrived, so after the batch
 //! had committed (PostgreSQL delivers a notice only once its transaction is visible): what it
-//! read includes the batch.
+//! read includes the batch, if it read the primary (for a replica, see "Replicas" below).
 //!
 //! # Order in the follower
 //!
 //! The follower ([`crate::consistency`]) applies each notice of the active generation by FIRST
-//! invalidating, THEN publishing the new watermarks. Once any read has seen a watermark that
-//! covers a write (its token wait was released), no entry older than that write is live, so no
-//! read, with a token or without, is answered from before it: a client does not see its write
-//! vanish on the read after the one that showed it. On a (re)connect the follower clears after
-//! its LISTEN (every later commit will be notified) and after following the active generation,
-//! and before it publishes the offsets it loaded; a switch clears after the reads were sent to
-//! the new generation's pool, so a fill whose sequence includes the clear reads the new
-//! generation. While the follower is not listening (start-up, connection lost, follower gone)
-//! the cache is *suspended*: no notice could make anything stale, so nothing is served or kept.
+//! hearing its offsets (see "Replicas"), THEN invalidating, THEN publishing the new watermarks.
+//! Once any read has seen a watermark that covers a write (its token wait was released), no
+//! entry older than that write is live, so no read answered from the cache, with a token or
+//! without, is answered from before it: a client does not see its write vanish on the read
+//! after the one that showed it. On a (re)connect the follower clears after its LISTEN (every
+//! later commit will be notified) and after following the active generation, and before it
+//! publishes the offsets it loaded (having heard them before the clear); a switch clears after
+//! the reads were sent to the new generation's pools, so a fill whose sequence includes the
+//! clear reads the new generation. While the follower is not listening (start-up, connection
+//! lost, follower gone) the cache is *suspended*: no notice could make anything stale, so
+//! nothing is served or kept, and a fill begun then is never kept, even if the cache resumes
+//! before it ends.
 //!
 //! # Consistency tokens
 //!
 //! A read with a token `(p, o)` first waits, as without the cache, until the watermark of `p`
-//! covers `o`. Each entry keeps the watermarks published when its fill began (before its
-//! database read), and serves a token only if they covered it: filled-under next offset of
-//! `p` > `o`. Why such an entry cannot be older than the write: the follower published a
+//! covers `o`. Each entry keeps the watermarks heard when its fill began (after its sequence,
+//! before its database read), and serves a token only if they covered it: filled-under next
+//! offset of `p` > `o`. Why such an entry cannot be older than the write: the follower heard a
 //! watermark covering `o` only after the notice of the batch holding `o` arrived, so after that
-//! batch had committed; the fill read that watermark, then read PostgreSQL, so its read includes
-//! the write; and as the entry is live, nothing it shows has changed since. An entry filled
-//! under older watermarks is passed over: the read goes to PostgreSQL and refills it. A
-//! decision is the same once made, so a decision's entry serves any token.
+//! batch had committed; the fill read that watermark, then read PostgreSQL (the primary, or a
+//! replica that had replayed at least that far), so its read includes the write; and as the
+//! entry is live, nothing it shows has changed since. An entry filled under older watermarks is
+//! passed over: the read goes to PostgreSQL and refills it. A decision is the same once made,
+//! so a decision's entry serves any token.
+//!
+//! # Replicas
+//!
+//! A miss may read a replica ([`crate::replicas`]), which shows the primary as it was a moment
+//! ago. The fill race's last step ("its read includes the batch") then holds only if the replica
+//! had replayed that batch. So a fill reads the sequence FIRST, THEN the watermarks the follower
+//! has heard, and its read goes only to a replica whose replayed offsets are at or past those on
+//! every partition (else to the primary). As the follower hears a batch's offsets before it
+//! invalidates what the batch changed, a fill whose sequence includes that invalidation has
+//! heard those offsets or later ones, and reads a replica that has replayed the batch: its read
+//! includes the batch, as on the primary. The other orders are unsound: watermarks read before
+//! the sequence, or watermarks that are published only after the invalidation, let a fill slip
+//! in between, read a lagging replica from before the batch, and keep that live until the next
+//! notice that names it. The offsets are our topic's: once a notice of another topic was heard
+//! in the active generation, they say nothing of that topic's batches, and fills read the
+//! primary. A fill begun with the cache off or suspended is never kept, so it needs nothing of a
+//! replica. Reads that fill nothing (later pages, streams, every read with the cache off) need
+//! nothing of a replica without a token: they may show a replica's older state, also after a
+//! read that showed a newer one. A token is the way to read one's own writes.
 //!
 //! # Size
 //!
@@ -131,11 +154,20 @@ impl std::fmt::Debug for Cache {
     }
 }
 
-/// Where a fill began: the sequence and the watermarks, both read before its database read.
+/// Where a fill began: the sequence, then the watermarks heard, both read before its database
+/// read. No watermarks when the cache was off or suspended: such a fill is never kept.
 #[derive(Debug)]
 pub struct Fill {
     sequence: u64,
-    filled_under: Arc<Offsets>,
+    filled_under: Option<Arc<Offsets>>,
+}
+
+impl Fill {
+    /// The watermarks the fill's entry will serve tokens under, if it may be kept at all: what
+    /// its database read must include (see "Replicas" above).
+    pub fn filled_under(&self) -> Option<&Arc<Offsets>> {
+        self.filled_under.as_ref()
+    }
 }
 
 struct Inner {
@@ -238,12 +270,17 @@ impl Cache {
         answer
     }
 
-    /// Starts a fill: call BEFORE the database read, with the watermarks published now.
-    pub fn begin_fill(&self, filled_under: Arc<Offsets>) -> Fill {
-        let sequence = self
-            .inner
-            .as_deref()
-            .map_or(0, |inner| inner.sequence.load(Ordering::SeqCst));
+    /// Starts a fill: call BEFORE the database read. Reads the sequence, THEN calls `heard` for
+    /// the watermarks heard now (the order matters for replicas: see "Replicas" above).
+    pub fn begin_fill(&self, heard: impl FnOnce() -> Arc<Offsets>) -> Fill {
+        let Some(inner) = self.inner.as_deref() else {
+            return Fill {
+                sequence: 0,
+                filled_under: None,
+            };
+        };
+        let sequence = inner.sequence.load(Ordering::SeqCst);
+        let filled_under = inner.following.load(Ordering::SeqCst).then(heard);
         Fill {
             sequence,
             filled_under,
@@ -358,6 +395,11 @@ impl Inner {
         if matches!((key, &answer), (Key::Command(_), Answer::NotFound(_))) {
             return false;
         }
+        // Begun while suspended: its read was held to nothing, and may predate lost notices.
+        let Some(filled_under) = fill.filled_under else {
+            self.counters.refused.fetch_add(1, Ordering::Relaxed);
+            return false;
+        };
         let weight = answer.weight() + ENTRY_OVERHEAD;
         if weight > self.bytes_per_shard {
             return false;
@@ -366,7 +408,7 @@ impl Inner {
             answer,
             owner,
             sequence: fill.sequence,
-            filled_under: fill.filled_under,
+            filled_under,
             weight,
         };
         // An invalidation landing after this check makes the entry stale at every lookup.
@@ -609,7 +651,7 @@ mod tests {
 
     /// Fills `key` at once, under watermarks {0: 5}.
     fn fill(cache: &Cache, key: Key, answer: Answer, owner: Option<Uuid>) -> bool {
-        let fill = cache.begin_fill(offsets(&[(0, 5)]));
+        let fill = cache.begin_fill(|| offsets(&[(0, 5)]));
         cache.store(fill, key, answer, owner)
     }
 
@@ -744,24 +786,24 @@ mod tests {
 
         // Fill begins (sequence read), a batch commits and its notice is applied, then the fill
         // ends with what it read before the commit.
-        let stale = cache.begin_fill(offsets(&[(0, 5)]));
+        let stale = cache.begin_fill(|| offsets(&[(0, 5)]));
         cache.invalidate(Some(&owners(&[ada])));
         assert!(!cache.store(stale, key, body("before"), Some(ada)));
         assert_eq!(cache.get(&key, None), None);
 
         // The same for a post found missing: the notice names the post it published.
-        let stale = cache.begin_fill(offsets(&[(0, 5)]));
+        let stale = cache.begin_fill(|| offsets(&[(0, 5)]));
         cache.invalidate(Some(&posts(&[post])));
         assert!(!cache.store(stale, Key::Post(post), Answer::NotFound("post"), None));
         assert_eq!(cache.get(&Key::Post(post), None), None);
 
         // And for a clear.
-        let stale = cache.begin_fill(offsets(&[(0, 5)]));
+        let stale = cache.begin_fill(|| offsets(&[(0, 5)]));
         cache.invalidate(None);
         assert!(!cache.store(stale, key, body("before"), Some(ada)));
 
         // A fill that begins after the invalidation read after it: kept.
-        let fresh = cache.begin_fill(offsets(&[(0, 6)]));
+        let fresh = cache.begin_fill(|| offsets(&[(0, 6)]));
         assert!(cache.store(fresh, key, body("after"), Some(ada)));
         assert_eq!(cache.get(&key, None), Some(body("after")));
         assert_eq!(
@@ -779,7 +821,7 @@ mod tests {
         let [ada] = ids(&cache);
         let inner = cache.inner.as_deref().expect("a cache");
         let key = Key::User(ada);
-        let stale = cache.begin_fill(offsets(&[(0, 5)]));
+        let stale = cache.begin_fill(|| offsets(&[(0, 5)]));
         // The invalidation lands between the store's check and its insert: the insert goes in
         // regardless, as it would.
         cache.invalidate(Some(&owners(&[ada])));
@@ -787,7 +829,7 @@ mod tests {
             answer: body("before"),
             owner: Some(ada),
             sequence: stale.sequence,
-            filled_under: stale.filled_under,
+            filled_under: stale.filled_under.expect("following"),
             weight: ENTRY_OVERHEAD,
         };
         let (kept, _) = write(inner.shard(&key))
@@ -801,9 +843,9 @@ mod tests {
         let cache = cache(100);
         let [ada] = ids(&cache);
         let key = Key::User(ada);
-        let earlier = cache.begin_fill(offsets(&[(0, 5)]));
+        let earlier = cache.begin_fill(|| offsets(&[(0, 5)]));
         cache.invalidate(Some(&owners(&[ada])));
-        let later = cache.begin_fill(offsets(&[(0, 6)]));
+        let later = cache.begin_fill(|| offsets(&[(0, 6)]));
         assert!(cache.store(later, key, body("later"), Some(ada)));
         assert!(!cache.store(earlier, key, body("earlier"), Some(ada)));
         assert_eq!(cache.get(&key, None), Some(body("later")));
@@ -864,7 +906,7 @@ mod tests {
         let cache = cache(100);
         let [ada] = ids(&cache);
         fill(&cache, Key::User(ada), body("ada"), Some(ada));
-        let before = cache.begin_fill(offsets(&[(0, 5)]));
+        let before = cache.begin_fill(|| offsets(&[(0, 5)]));
 
         cache.suspend();
         assert_eq!(cache.get(&Key::User(ada), None), None);
@@ -877,6 +919,42 @@ mod tests {
         assert_eq!(cache.get(&Key::User(ada), None), None);
         assert!(fill(&cache, Key::User(ada), body("ada"), Some(ada)));
         assert_eq!(cache.get(&Key::User(ada), None), Some(body("ada")));
+    }
+
+    #[test]
+    fn a_fill_begun_while_suspended_needs_nothing_and_is_never_kept() {
+        let cache = cache(100);
+        let [ada] = ids(&cache);
+        cache.suspend();
+        let during = cache.begin_fill(|| panic!("no watermarks are needed"));
+        assert!(during.filled_under().is_none());
+        // Resumed while its read ran: still refused, as its read was held to nothing.
+        cache.resume();
+        assert!(!cache.store(during, Key::User(ada), body("ada"), Some(ada)));
+        assert_eq!(cache.get(&Key::User(ada), None), None);
+        let off = Cache::new(0, 0, &Metrics::default());
+        assert!(
+            off.begin_fill(|| offsets(&[(0, 5)]))
+                .filled_under()
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn a_fill_hears_the_watermarks_after_its_sequence() {
+        // The follower hears a batch's offsets, then invalidates. A fill whose sequence includes
+        // that invalidation must have heard the offsets (and so asks a replica for the batch);
+        // one whose sequence does not is refused. Here the invalidation lands while the fill
+        // hears: were the watermarks read before the sequence, the fill would be kept under
+        // watermarks from before the batch.
+        let cache = cache(100);
+        let [ada] = ids(&cache);
+        let fill = cache.begin_fill(|| {
+            cache.invalidate(Some(&owners(&[ada])));
+            offsets(&[(0, 5)])
+        });
+        assert!(!cache.store(fill, Key::User(ada), body("before"), Some(ada)));
+        assert_eq!(cache.get(&Key::User(ada), None), None);
     }
 
     #[test]

@@ -22,6 +22,16 @@ pub struct Config {
     )]
     pub database_url: String,
 
+    /// Hot standbys of DATABASE_URL, comma-separated, that reads are spread over (none by
+    /// default). A read that must see a consistency token, or that fills the read cache, goes to
+    /// a standby only once that standby has replayed far enough; otherwise to DATABASE_URL.
+    #[arg(long, env = "DATABASE_REPLICA_URLS", value_delimiter = ',')]
+    pub database_replica_urls: Vec<String>,
+
+    /// How often each standby's replayed projector offsets are read, in milliseconds.
+    #[arg(long, env = "REPLICA_POLL_MS", default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..))]
+    pub replica_poll_ms: u64,
+
     /// Kafka topic the read models are projected from; selects this topic's rows in
     /// projector_offsets when checking consistency tokens.
     #[arg(long, env = "KAFKA_TOPIC", default_value = "user-data-events")]
@@ -63,6 +73,19 @@ impl Config {
     pub fn db_acquire_timeout(&self) -> Duration {
         Duration::from_millis(self.db_acquire_timeout_ms)
     }
+
+    /// The replica URLs given, without blank entries: an empty variable (as a compose file's
+    /// `${VAR:-}` leaves it) or a trailing comma names no replica.
+    pub fn replica_urls(&self) -> impl Iterator<Item = &str> {
+        self.database_replica_urls
+            .iter()
+            .map(|url| url.trim())
+            .filter(|url| !url.is_empty())
+    }
+
+    pub fn replica_poll(&self) -> Duration {
+        Duration::from_millis(self.replica_poll_ms)
+    }
 }
 
 #[cfg(test)]
@@ -79,6 +102,25 @@ mod tests {
         assert_eq!(config.cache_entries, 100_000);
         assert_eq!(config.cache_bytes, 64 << 20);
         assert_eq!(config.log_format, LogFormat::Text);
+        assert!(config.database_replica_urls.is_empty());
+        assert_eq!(config.replica_poll(), Duration::from_millis(20));
+    }
+
+    #[test]
+    fn replica_urls_are_comma_separated() {
+        let config = Config::try_parse_from([
+            "query-api",
+            "--database-replica-urls",
+            "postgres://a/db,postgres://b/db",
+        ])
+        .expect("parses");
+        assert_eq!(
+            config.replica_urls().collect::<Vec<_>>(),
+            ["postgres://a/db", "postgres://b/db"]
+        );
+        let blank =
+            Config::try_parse_from(["query-api", "--database-replica-urls", " ,"]).expect("parses");
+        assert_eq!(blank.replica_urls().count(), 0);
     }
 
     #[test]

@@ -10,6 +10,8 @@
 //! whole table after every (re)connect, on the listening connection and after its LISTEN: any
 //! progress committed after the load is then notified. As a last resort for whatever may still
 //! slip through, a request checks the table once more at its deadline before giving up with 503.
+//! All of this is on the primary: a standby relays no NOTIFY. A released read then goes to a
+//! replica only if that one has applied the token too ([`crate::replicas`]).
 //!
 //! Read-model generations: the follower also LISTENs on the channel `projector switch` notifies
 //! when it makes another generation active. On that notice (and on every (re)connect) it asks
@@ -23,13 +25,15 @@
 //! The follower also keeps the read cache ([`Cache`]) honest: for each progress notice of the
 //! active generation it FIRST makes stale what the notice says changed, THEN publishes the new
 //! offsets, so that no read released by a watermark, nor any read after it, is answered from
-//! before that watermark's batch. It clears the cache after every (re)connect (notices may have
+//! the cache from before that watermark's batch. Before it makes anything stale it has *heard*
+//! the new offsets ([`Watermarks::heard`]): what a cache fill that follows the invalidation
+//! asks of a replica. It clears the cache after every (re)connect (notices may have
 //! been lost) and every switch, and suspends it whenever it is not listening. Why this order,
 //! and why a cached answer never predates a token, is argued in [`crate::cache`].
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use events::ConsistencyToken;
@@ -53,12 +57,36 @@ pub type Offsets = BTreeMap<i32, i64>;
 /// How far the read model has got, per partition, and the wait on it. Cheap to clone.
 #[derive(Clone)]
 pub struct Watermarks {
-    /// Shared, not copied, by the cache entries filled under them.
+    /// The offsets published: what releases token waits.
     latest: watch::Receiver<Arc<Offsets>>,
+    /// The offsets heard: set from each notice before its invalidations, while `latest` is set
+    /// after them. Shared, not copied, by the cache entries filled under them.
+    heard: watch::Receiver<Arc<Offsets>>,
+    /// Set before the invalidations of the first notice of another topic in the active
+    /// generation: from then on the offsets of ours do not tell what a replica has applied.
+    heard_other_topics: Arc<AtomicBool>,
     topic: Arc<str>,
     max_wait: Duration,
     waiting: Arc<AtomicU64>,
     metrics: Metrics,
+}
+
+/// The follower's side of [`Watermarks`].
+struct Progress {
+    heard: watch::Sender<Arc<Offsets>>,
+    published: watch::Sender<Arc<Offsets>>,
+    heard_other_topics: Arc<AtomicBool>,
+}
+
+impl Progress {
+    /// Moves to `offsets`: heard at once, then `make_cache_agree`, then published. A fill that
+    /// follows the cache's change has heard them; a read they release finds the cache agreeing.
+    fn advance(&self, offsets: Offsets, make_cache_agree: impl FnOnce()) {
+        let offsets = Arc::new(offsets);
+        self.heard.send_replace(offsets.clone());
+        make_cache_agree();
+        self.published.send_replace(offsets);
+    }
 }
 
 /// The background task that keeps [`Watermarks`] current; stops when dropped.
@@ -84,18 +112,27 @@ impl Watermarks {
         metrics: &Metrics,
     ) -> (Watermarks, Follower) {
         let topic: Arc<str> = topic.into();
-        let (publish, latest) = watch::channel(Arc::new(Offsets::new()));
+        let (published, latest) = watch::channel(Arc::new(Offsets::new()));
+        let (heard_sender, heard) = watch::channel(Arc::new(Offsets::new()));
+        let heard_other_topics = Arc::new(AtomicBool::new(false));
         let waiting = Arc::new(AtomicU64::new(0));
         register_gauges(metrics, latest.clone(), waiting.clone());
+        let progress = Progress {
+            heard: heard_sender,
+            published,
+            heard_other_topics: heard_other_topics.clone(),
+        };
         let follower = Follower(tokio::spawn(follow(
             listen_pool,
             read_models,
             cache,
             topic.clone(),
-            publish,
+            progress,
         )));
         let watermarks = Watermarks {
             latest,
+            heard,
+            heard_other_topics,
             topic,
             max_wait,
             waiting,
@@ -104,9 +141,22 @@ impl Watermarks {
         (watermarks, follower)
     }
 
-    /// The offsets published now: what a cache fill records before its database read.
+    /// The offsets published now: what token waits have been released up to.
     pub fn current(&self) -> Arc<Offsets> {
         self.latest.borrow().clone()
+    }
+
+    /// The offsets heard now, at or past the ones published: what a cache fill records, after
+    /// reading the cache's sequence and before its database read (see [`crate::cache`]).
+    pub fn heard(&self) -> Arc<Offsets> {
+        self.heard.borrow().clone()
+    }
+
+    /// True once a notice of another topic was heard in the active generation: our offsets no
+    /// longer say whether a replica has applied all that a fill must show. Read after the
+    /// cache's sequence, as [`heard`](Watermarks::heard).
+    pub fn heard_other_topics(&self) -> bool {
+        self.heard_other_topics.load(Ordering::SeqCst)
     }
 
     /// Returns once the read model includes the write `token` names, or fails with
@@ -212,7 +262,7 @@ async fn follow(
     read_models: ReadModels,
     cache: Cache,
     topic: Arc<str>,
-    publish: watch::Sender<Arc<Offsets>>,
+    progress: Progress,
 ) {
     // Also when the task is aborted: nothing would make the cache's entries stale any more.
     let _suspend = SuspendOnDrop(cache.clone());
@@ -222,13 +272,13 @@ async fn follow(
             Ok((mut listener, offsets)) => {
                 // After the LISTEN and the generation check: whatever commits from here on is
                 // notified, and reads already go to the active generation. Before the offsets:
-                // a read they release finds nothing older in the cache.
-                cache.resume();
-                publish.send_replace(Arc::new(offsets));
+                // a read they release finds nothing older in the cache. After they are heard:
+                // a fill that follows the clear asks a replica for as much.
+                progress.advance(offsets, || cache.resume());
                 retry_delay = FIRST_RETRY_DELAY;
                 tracing::info!(topic = %topic, generation = %read_models.generation(), "following projector progress");
                 let why =
-                    apply_notifications(&mut listener, &read_models, &cache, &topic, &publish)
+                    apply_notifications(&mut listener, &read_models, &cache, &topic, &progress)
                         .await;
                 cache.suspend();
                 tracing::warn!(reason = %why, "stopped following projector progress; reconnecting");
@@ -300,7 +350,7 @@ async fn apply_notifications(
     read_models: &ReadModels,
     cache: &Cache,
     topic: &str,
-    publish: &watch::Sender<Arc<Offsets>>,
+    progress: &Progress,
 ) -> String {
     loop {
         let notification = match listener.try_recv().await {
@@ -314,36 +364,43 @@ async fn apply_notifications(
                 Ok(offsets) => {
                     // After the reads went to the new generation, before the offsets: a fill
                     // that began before this read the old one.
-                    cache.clear();
-                    publish.send_replace(Arc::new(offsets));
+                    progress.advance(offsets, || cache.clear());
                     continue;
                 }
                 Err(error) => return format!("cannot follow the generation switch: {error}"),
             }
         }
-        let progress: ProgressNotice = match serde_json::from_str(notification.payload()) {
-            Ok(progress) => progress,
+        let notice: ProgressNotice = match serde_json::from_str(notification.payload()) {
+            Ok(notice) => notice,
             Err(error) => return format!("unreadable notification: {error}"),
         };
         // Another generation's progress says nothing about the one reads go to.
-        if progress.generation != read_models.generation() {
+        if notice.generation != read_models.generation() {
             continue;
         }
-        // Whatever the topic: the tables are the generation's, not the topic's. First, so that
-        // what the offsets below release is not answered from before this batch.
-        cache.invalidate(progress.changed.as_ref());
-        if progress.topic != topic {
+        if notice.topic != topic {
+            // The tables are the generation's, not the topic's: what this batch changed is
+            // stale all the same, and no offsets of ours say whether a replica has it.
+            progress.heard_other_topics.store(true, Ordering::SeqCst);
+            cache.invalidate(notice.changed.as_ref());
             continue;
         }
         // Latest wins rather than highest: notifications arrive in commit order, and a projector
         // that starts over from a lower offset must hold reads back, not release them early.
-        publish.send_if_modified(|offsets| {
-            let offsets = Arc::make_mut(offsets);
-            let mut changed = false;
-            for (partition, next_offset) in &progress.offsets {
-                changed |= offsets.insert(*partition, *next_offset) != Some(*next_offset);
-            }
-            changed
-        });
+        let published = progress.published.borrow().clone();
+        let changed = notice
+            .offsets
+            .iter()
+            .any(|(partition, next_offset)| published.get(partition) != Some(next_offset));
+        if !changed {
+            cache.invalidate(notice.changed.as_ref());
+            continue;
+        }
+        let mut offsets = (*published).clone();
+        offsets.extend(notice.offsets.iter().copied());
+        // Invalidate first, so that what the offsets release is not answered from before this
+        // batch; hear them before that, so that a fill that follows the invalidation asks a
+        // replica for this batch.
+        progress.advance(offsets, || cache.invalidate(notice.changed.as_ref()));
     }
 }

@@ -5,7 +5,8 @@
 //! Its pool connects lazily, so it starts, and answers 503, while PostgreSQL is down. A read that
 //! carries a `Consistency-Token` is held back until the projector's stored offset covers it.
 //! Single users, posts and decisions and first pages are answered from an in-process cache
-//! that the projector's progress notices invalidate.
+//! that the projector's progress notices invalidate. Reads may be spread over read replicas
+//! (hot standbys), each read going to one that has replayed as far as the read needs.
 //!
 //! - [`config`]: [`Config`], flags and environment variables.
 //! - [`routes`]: the handlers, one per route, and `/readyz`.
@@ -14,7 +15,8 @@
 //! - [`answer`]: [`answer::Answer`], a read's answer serialized once.
 //! - [`etag`]: `ETag` and `If-None-Match` on single-resource reads.
 //! - [`cache`]: [`cache::Cache`], the read cache, and why it never serves what a token rules out.
-//! - [`read_models`]: the SQL.
+//! - [`read_models`]: the SQL, and where a read runs it ([`read_models::Source`]).
+//! - [`replicas`]: the read replicas, how far each has replayed, and what a read needs of them.
 //! - [`consistency`]: [`consistency::Watermarks`], the projector's progress as LISTENed for, and
 //!   the token wait on it; its follower also invalidates the cache.
 //! - [`error`]: [`error::ApiError`] and its problem+json answers.
@@ -28,6 +30,7 @@ pub mod etag;
 pub mod extract;
 pub mod pagination;
 pub mod read_models;
+pub mod replicas;
 pub mod routes;
 
 use std::future::Future;
@@ -36,6 +39,7 @@ use anyhow::Context as _;
 use axum::Router;
 use events::ConsistencyToken;
 use service_kit::metrics::Metrics;
+use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 use tokio::net::TcpListener;
 use uuid::Uuid;
@@ -45,7 +49,8 @@ use crate::cache::{Cache, Key};
 pub use crate::config::{Config, LogFormat};
 use crate::consistency::{Follower, Watermarks};
 use crate::error::ApiError;
-use crate::read_models::ReadModels;
+use crate::read_models::{ReadModels, Source};
+use crate::replicas::{Poller, Requirement};
 
 /// What every handler shares. Cheap to clone.
 #[derive(Clone)]
@@ -64,35 +69,49 @@ pub struct Loaded {
 }
 
 impl AppState {
-    /// Waits, if the client sent a token, until the read model includes that write.
-    pub async fn read_after(&self, token: Option<ConsistencyToken>) -> Result<(), ApiError> {
-        match token {
-            Some(token) => {
-                self.watermarks
-                    .wait_until_covered(token, &self.read_models)
-                    .await
-            }
-            None => Ok(()),
+    /// Waits, if the client sent a token, until the read model includes that write; returns
+    /// what the read then needs of the database that answers it.
+    pub async fn read_after(
+        &self,
+        token: Option<ConsistencyToken>,
+    ) -> Result<Requirement, ApiError> {
+        if let Some(token) = token {
+            self.watermarks
+                .wait_until_covered(token, &self.read_models)
+                .await?;
         }
+        Ok(Requirement::after(token))
     }
 
-    /// `key`'s answer from the cache, or else from `load` (PostgreSQL), kept for next time.
-    /// Call after [`read_after`](AppState::read_after) with the same token.
+    /// Where a read that needs `requirement` and fills no cache entry runs its queries.
+    pub async fn source(&self, requirement: &Requirement) -> Source {
+        self.read_models.source(requirement).await
+    }
+
+    /// `key`'s answer from the cache, or else from `load` (PostgreSQL, on the source it is
+    /// given), kept for next time. Call with what [`read_after`](AppState::read_after) returned.
     pub async fn cached<Load>(
         &self,
         key: Key,
-        token: Option<ConsistencyToken>,
-        load: impl FnOnce() -> Load,
+        requirement: Requirement,
+        load: impl FnOnce(Source) -> Load,
     ) -> Result<Answer, ApiError>
     where
         Load: Future<Output = Result<Loaded, ApiError>>,
     {
-        if let Some(answer) = self.cache.get(&key, token) {
+        if let Some(answer) = self.cache.get(&key, requirement.token()) {
             return Ok(answer);
         }
-        // Before the database read: see the fill race in `cache`.
-        let fill = self.cache.begin_fill(self.watermarks.current());
-        let Loaded { answer, owner } = load().await?;
+        // Before the database read: see the fill race, and replicas, in `cache`.
+        let fill = self.cache.begin_fill(|| self.watermarks.heard());
+        let requirement = match fill.filled_under() {
+            // After the sequence, as the watermarks.
+            Some(_) if self.watermarks.heard_other_topics() => requirement.and_primary_only(),
+            Some(filled_under) => requirement.and_watermarks(filled_under.clone()),
+            None => requirement,
+        };
+        let source = self.read_models.source(&requirement).await;
+        let Loaded { answer, owner } = load(source).await?;
         self.cache.store(fill, key, answer.clone(), owner);
         Ok(answer)
     }
@@ -109,6 +128,7 @@ pub struct Application {
     listener: TcpListener,
     router: Router,
     follower: Follower,
+    poller: Poller,
 }
 
 impl Application {
@@ -117,10 +137,27 @@ impl Application {
             .database_url
             .parse()
             .context("DATABASE_URL is not a PostgreSQL URL")?;
-        let pool = PgPoolOptions::new()
-            .max_connections(config.db_pool_size)
-            .acquire_timeout(config.db_acquire_timeout())
-            .connect_lazy_with(connect_options);
+        let pool_of = |options, acquire_timeout| {
+            PgPoolOptions::new()
+                .max_connections(config.db_pool_size)
+                .acquire_timeout(acquire_timeout)
+                .connect_lazy_with(options)
+        };
+        let pool = pool_of(connect_options, config.db_acquire_timeout());
+        let replica_acquire_timeout = config
+            .db_acquire_timeout()
+            .min(replicas::REPLICA_ACQUIRE_TIMEOUT);
+        let replica_pools = config
+            .replica_urls()
+            .enumerate()
+            .map(|(index, url)| {
+                // Not the URL itself: it may hold a password.
+                let options = url.parse().with_context(|| {
+                    format!("DATABASE_REPLICA_URLS: replica {index} is not a PostgreSQL URL")
+                })?;
+                Ok(pool_of(options, replica_acquire_timeout))
+            })
+            .collect::<anyhow::Result<Vec<PgPool>>>()?;
         // The listening connection lives as long as it can; it is only replaced when lost.
         let listen_pool = PgPoolOptions::new()
             .max_connections(1)
@@ -129,7 +166,8 @@ impl Application {
             .max_lifetime(None)
             .connect_lazy_with(pool.connect_options().as_ref().clone());
         let metrics = Metrics::default();
-        let read_models = ReadModels::new(pool.clone());
+        let read_models =
+            ReadModels::new(pool.clone(), replica_pools, &config.kafka_topic, &metrics);
         // Reads go to the active generation from the first one on, not to a retired one until
         // the follower has looked. While PostgreSQL is down the follower finds it later.
         let active = tokio::time::timeout(
@@ -151,6 +189,8 @@ impl Application {
             config.consistency_wait(),
             &metrics,
         );
+        replicas::register_gauges(&read_models, &watermarks);
+        let poller = Poller::start(&read_models, config.replica_poll());
         let state = AppState {
             read_models,
             watermarks,
@@ -164,6 +204,7 @@ impl Application {
             listener,
             router: router(state),
             follower,
+            poller,
         })
     }
 
@@ -183,6 +224,7 @@ impl Application {
             listener,
             router,
             follower,
+            poller,
         } = self;
         tracing::info!(addr = ?listener.local_addr().ok(), "query-api listening");
         axum::serve(listener, router)
@@ -190,6 +232,7 @@ impl Application {
             .await
             .context("HTTP server failed")?;
         drop(follower);
+        drop(poller);
         Ok(())
     }
 }

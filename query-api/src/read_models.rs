@@ -1,19 +1,25 @@
-//! The SQL: reads of the users, posts, decisions, aggregate_events and projector_offsets tables.
+//! The SQL: reads of the users, posts, decisions, aggregate_events and projector_offsets tables,
+//! on the primary or a replica ([`crate::replicas`]).
 //!
 //! The rows are shaped like the contract's JSON, so a row serializes straight into an answer.
 //! Nothing here writes: the projector owns every table.
 
-use chrono::{DateTime, Utc};
-use serde::Serialize;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use events::progress::FIRST_GENERATION;
+use serde::Serialize;
+use service_kit::metrics::Metrics;
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use uuid::Uuid;
 
+use crate::consistency::Offsets;
 use crate::pagination::{Cursor, PageRequest, StreamCursor, StreamPageRequest};
+use crate::replicas::{self, Failure, Replica, ReplicaPool, Requirement};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
 pub struct User {
@@ -132,129 +138,338 @@ const DECISION: &str =
 const NEXT_OFFSET: &str =
     "SELECT next_offset FROM projector_offsets WHERE topic = $1 AND partition = $2";
 
-/// Read access to the read models of the active generation. Cheap to clone (shared handles).
+/// Read access to the read models of the active generation, on the primary and its replicas.
+/// Cheap to clone (a shared handle).
 ///
-/// Each read takes the pool of the generation active at that moment; a switch
-/// ([`switch_to`](ReadModels::switch_to)) replaces it for the reads that follow, while reads in
-/// flight finish on the old one.
+/// A read asks for a [`Source`] ([`source`](ReadModels::source)) and runs its queries there:
+/// the pools of the generation active at that moment, and the primary or a replica as its
+/// [`Requirement`] allows. A switch ([`switch_to`](ReadModels::switch_to)) replaces the
+/// generation for the reads that follow, while reads in flight finish on the old one.
 #[derive(Debug, Clone)]
 pub struct ReadModels {
-    current: Arc<RwLock<Generation>>,
-    /// The connection settings of the first generation's pool; the others add a search_path.
-    /// Shared: every request clones the handle.
-    base: Arc<PgConnectOptions>,
-    max_connections: u32,
-    acquire_timeout: Duration,
+    shared: Arc<Shared>,
 }
 
+#[derive(Debug)]
+struct Shared {
+    current: RwLock<Arc<Generation>>,
+    /// The connection settings of the first generation's pool; the others add a search_path.
+    primary: PgConnectOptions,
+    replicas: Box<[Replica]>,
+    /// Where the next read's round over the replicas starts.
+    next_replica: AtomicUsize,
+    max_connections: u32,
+    acquire_timeout: Duration,
+    /// The topic whose offsets the replicas are seen at.
+    topic: String,
+    metrics: Metrics,
+}
+
+/// One generation's pools: the primary's and one per replica, in configuration order. Closed
+/// once no read holds it any more.
 #[derive(Debug)]
 struct Generation {
     name: String,
     pool: PgPool,
+    replicas: Box<[ReplicaPool]>,
+}
+
+impl Drop for Generation {
+    fn drop(&mut self) {
+        // Closing says goodbye to the server rather than dropping the connections; no read can
+        // be using them now. Outside a runtime (the process ending) dropping is all there is.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let pools: Vec<PgPool> = std::iter::once(self.pool.clone())
+                .chain(self.replicas.iter().map(|replica| replica.pool.clone()))
+                .collect();
+            runtime.spawn(async move {
+                for pool in pools {
+                    pool.close().await;
+                }
+            });
+        }
+    }
 }
 
 impl ReadModels {
-    /// Reads through `pool`, the first generation's (`public`), until a switch.
-    pub fn new(pool: PgPool) -> ReadModels {
+    /// Reads through `primary` and `replicas` (pools of the first generation, `public`) until a
+    /// switch; counts the reads by source in `metrics`. `topic` selects the replicas' offsets.
+    pub fn new(
+        primary: PgPool,
+        replicas: Vec<PgPool>,
+        topic: &str,
+        metrics: &Metrics,
+    ) -> ReadModels {
+        let generation = Generation {
+            name: FIRST_GENERATION.to_owned(),
+            replicas: replicas.iter().cloned().map(ReplicaPool::new).collect(),
+            pool: primary.clone(),
+        };
         ReadModels {
-            base: pool.connect_options(),
-            max_connections: pool.options().get_max_connections(),
-            acquire_timeout: pool.options().get_acquire_timeout(),
-            current: Arc::new(RwLock::new(Generation {
-                name: FIRST_GENERATION.to_owned(),
-                pool,
-            })),
+            shared: Arc::new(Shared {
+                primary: (*primary.connect_options()).clone(),
+                replicas: replicas
+                    .iter()
+                    .enumerate()
+                    .map(|(index, pool)| Replica::new(index, pool))
+                    .collect(),
+                next_replica: AtomicUsize::new(0),
+                max_connections: primary.options().get_max_connections(),
+                acquire_timeout: primary.options().get_acquire_timeout(),
+                topic: topic.to_owned(),
+                metrics: metrics.clone(),
+                current: RwLock::new(Arc::new(generation)),
+            }),
         }
     }
 
     /// The generation (schema) reads go to now.
     pub fn generation(&self) -> String {
-        self.read_current().name.clone()
+        self.current().name.clone()
     }
 
-    fn pool(&self) -> PgPool {
-        self.read_current().pool.clone()
-    }
-
-    fn read_current(&self) -> std::sync::RwLockReadGuard<'_, Generation> {
-        self.current
+    fn current(&self) -> Arc<Generation> {
+        self.shared
+            .current
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
     }
 
-    /// Sends every read from now on to generation `name`: a new lazy pool whose connections
-    /// have that schema alone on their search_path. The old pool closes once its reads in
-    /// flight are done.
+    pub fn replica_count(&self) -> usize {
+        self.shared.replicas.len()
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.shared.metrics
+    }
+
+    /// Sends every read from now on to generation `name`: new lazy pools, on the primary and on
+    /// each replica, whose connections have that schema alone on their search_path. The old
+    /// pools close once their reads in flight are done.
     pub fn switch_to(&self, name: &str) -> Result<(), InvalidGeneration> {
         if !is_plain_identifier(name) {
             return Err(InvalidGeneration(name.to_owned()));
         }
-        let options = if name == FIRST_GENERATION {
-            self.base.as_ref().clone()
-        } else {
-            self.base.as_ref().clone().options([("search_path", name)])
+        let shared = &self.shared;
+        let pool_of = |base: &PgConnectOptions, acquire_timeout| {
+            let options = if name == FIRST_GENERATION {
+                base.clone()
+            } else {
+                base.clone().options([("search_path", name)])
+            };
+            PgPoolOptions::new()
+                .max_connections(shared.max_connections)
+                .acquire_timeout(acquire_timeout)
+                .connect_lazy_with(options)
         };
-        let pool = PgPoolOptions::new()
-            .max_connections(self.max_connections)
-            .acquire_timeout(self.acquire_timeout)
-            .connect_lazy_with(options);
+        let generation = Generation {
+            name: name.to_owned(),
+            pool: pool_of(&shared.primary, shared.acquire_timeout),
+            replicas: shared
+                .replicas
+                .iter()
+                .map(|replica| ReplicaPool::new(pool_of(&replica.options, replica.acquire_timeout)))
+                .collect(),
+        };
         let old = std::mem::replace(
-            &mut *self
+            &mut *shared
                 .current
                 .write()
                 .unwrap_or_else(|poisoned| poisoned.into_inner()),
-            Generation {
-                name: name.to_owned(),
-                pool,
-            },
+            Arc::new(generation),
         );
         tracing::info!(from = %old.name, to = name, "reading from another read-model generation");
-        tokio::spawn(async move { old.pool.close().await });
         Ok(())
+    }
+
+    /// Where a read that needs `requirement` runs its queries: round robin over the healthy
+    /// replicas whose offsets, as last seen, meet it; else the first healthy one of the round,
+    /// if asking it once more shows that it does; else the primary. Without replicas, at once
+    /// the primary.
+    pub async fn source(&self, requirement: &Requirement) -> Source {
+        let generation = self.current();
+        let replicas = &generation.replicas;
+        if replicas.is_empty() || requirement.is_primary_only() {
+            return self.source_at(generation, None);
+        }
+        let shared = &self.shared;
+        let start = shared.next_replica.fetch_add(1, Ordering::Relaxed);
+        let mut candidate = None;
+        for step in 0..replicas.len() {
+            let index = (start + step) % replicas.len();
+            if !shared.replicas[index].is_healthy() {
+                continue;
+            }
+            if replicas[index].meets(requirement) {
+                return self.source_at(generation, Some(index));
+            }
+            candidate.get_or_insert(index);
+        }
+        if let Some(index) = candidate
+            && replicas[index]
+                .meets_after_refresh(
+                    requirement,
+                    &shared.replicas[index],
+                    &generation.name,
+                    &shared.topic,
+                )
+                .await
+        {
+            return self.source_at(generation, Some(index));
+        }
+        self.source_at(generation, None)
+    }
+
+    fn source_at(&self, generation: Arc<Generation>, replica: Option<usize>) -> Source {
+        Source {
+            generation,
+            replica: replica.map(|index| (index, AtomicBool::new(false))),
+            read_models: self.clone(),
+        }
+    }
+
+    /// Reads replica `index`'s offsets in the active generation now.
+    pub async fn refresh_replica(&self, index: usize) {
+        let generation = self.current();
+        let shared = &self.shared;
+        if let (Some(pool), Some(replica)) =
+            (generation.replicas.get(index), shared.replicas.get(index))
+        {
+            pool.refresh(replica, &generation.name, &shared.topic).await;
+        }
+    }
+
+    /// Each replica's label and the offsets it was last seen at in the active generation.
+    pub fn replicas_seen(&self) -> Vec<(String, Option<Arc<Offsets>>)> {
+        let generation = self.current();
+        self.shared
+            .replicas
+            .iter()
+            .zip(generation.replicas.iter())
+            .map(|(replica, pool)| (replica.label.clone(), pool.seen()))
+            .collect()
+    }
+
+    /// Each replica's label and whether it is read from.
+    pub fn replica_health(&self) -> Vec<(String, bool)> {
+        self.shared
+            .replicas
+            .iter()
+            .map(|replica| (replica.label.clone(), replica.is_healthy()))
+            .collect()
+    }
+
+    /// The projector's next offset to apply on one partition of `topic`, if it has started
+    /// there, on the primary: what the token wait's last look at its deadline reads.
+    pub async fn next_offset(
+        &self,
+        topic: &str,
+        partition: i32,
+    ) -> Result<Option<i64>, sqlx::Error> {
+        sqlx::query_scalar(NEXT_OFFSET)
+            .bind(topic)
+            .bind(partition)
+            .fetch_optional(&self.current().pool)
+            .await
+    }
+
+    /// `SELECT 1` on the primary: the service is ready when it answers.
+    pub async fn ping(&self) -> Result<(), sqlx::Error> {
+        sqlx::query("SELECT 1")
+            .execute(&self.current().pool)
+            .await
+            .map(drop)
+    }
+}
+
+/// Where one read runs its queries: a generation's primary pool, or one of its replicas until
+/// that fails to answer. Every query of a read goes to the same place, so that they see one
+/// database moving forward, as on the primary alone.
+#[derive(Debug)]
+pub struct Source {
+    generation: Arc<Generation>,
+    /// The replica chosen, and whether it failed (the rest of the read goes to the primary).
+    replica: Option<(usize, AtomicBool)>,
+    read_models: ReadModels,
+}
+
+impl Source {
+    /// Runs `query` on the replica chosen, or on the primary if none was or it fails to answer;
+    /// counts where it was answered.
+    async fn run<T, Query, Answer>(&self, query: Query) -> Result<T, sqlx::Error>
+    where
+        Query: Fn(PgPool) -> Answer,
+        Answer: Future<Output = Result<T, sqlx::Error>>,
+    {
+        let shared = &self.read_models.shared;
+        if let Some((index, failed)) = &self.replica
+            && !failed.load(Ordering::Relaxed)
+        {
+            let replica = &shared.replicas[*index];
+            match query(self.generation.replicas[*index].pool.clone()).await {
+                Ok(rows) => {
+                    count_read(&shared.metrics, &replica.label);
+                    return Ok(rows);
+                }
+                Err(error) => match replicas::classify(&error) {
+                    Failure::Query => return Err(error),
+                    Failure::Outage => replica.mark_unhealthy(&error),
+                    Failure::Behind => {
+                        tracing::debug!(replica = %replica.label, %error, "replica cannot answer this read yet")
+                    }
+                },
+            }
+            failed.store(true, Ordering::Relaxed);
+            count_fallback(&shared.metrics, &replica.label);
+        }
+        let answer = query(self.generation.pool.clone()).await;
+        if answer.is_ok() {
+            count_read(&shared.metrics, "primary");
+        }
+        answer
     }
 
     /// A live user.
     pub async fn user(&self, id: Uuid) -> Result<Option<User>, sqlx::Error> {
-        sqlx::query_as(USER)
-            .bind(id)
-            .fetch_optional(&self.pool())
+        self.run(|pool| async move { sqlx::query_as(USER).bind(id).fetch_optional(&pool).await })
             .await
     }
 
     pub async fn live_user_exists(&self, id: Uuid) -> Result<bool, sqlx::Error> {
-        sqlx::query_scalar(LIVE_USER_EXISTS)
-            .bind(id)
-            .fetch_one(&self.pool())
-            .await
+        self.run(|pool| async move {
+            sqlx::query_scalar(LIVE_USER_EXISTS)
+                .bind(id)
+                .fetch_one(&pool)
+                .await
+        })
+        .await
     }
 
     /// A visible post: neither it nor its author deleted.
     pub async fn post(&self, id: Uuid) -> Result<Option<Post>, sqlx::Error> {
-        sqlx::query_as(POST)
-            .bind(id)
-            .fetch_optional(&self.pool())
+        self.run(|pool| async move { sqlx::query_as(POST).bind(id).fetch_optional(&pool).await })
             .await
     }
 
     /// Visible posts of everyone, newest first: up to `page.rows_to_fetch()` rows.
     pub async fn feed(&self, page: &PageRequest) -> Result<Vec<Post>, sqlx::Error> {
         let rows = page.rows_to_fetch();
-        match page.after {
-            None => {
-                sqlx::query_as(FEED_FIRST)
-                    .bind(rows)
-                    .fetch_all(&self.pool())
-                    .await
+        let after = page.after;
+        self.run(|pool| async move {
+            match after {
+                None => sqlx::query_as(FEED_FIRST).bind(rows).fetch_all(&pool).await,
+                Some(after) => {
+                    sqlx::query_as(FEED_AFTER)
+                        .bind(rows)
+                        .bind(after.created_at)
+                        .bind(after.id)
+                        .fetch_all(&pool)
+                        .await
+                }
             }
-            Some(after) => {
-                sqlx::query_as(FEED_AFTER)
-                    .bind(rows)
-                    .bind(after.created_at)
-                    .bind(after.id)
-                    .fetch_all(&self.pool())
-                    .await
-            }
-        }
+        })
+        .await
     }
 
     /// Visible posts of one author, newest first: up to `page.rows_to_fetch()` rows.
@@ -264,24 +479,28 @@ impl ReadModels {
         page: &PageRequest,
     ) -> Result<Vec<Post>, sqlx::Error> {
         let rows = page.rows_to_fetch();
-        match page.after {
-            None => {
-                sqlx::query_as(BY_AUTHOR_FIRST)
-                    .bind(author_id)
-                    .bind(rows)
-                    .fetch_all(&self.pool())
-                    .await
+        let after = page.after;
+        self.run(|pool| async move {
+            match after {
+                None => {
+                    sqlx::query_as(BY_AUTHOR_FIRST)
+                        .bind(author_id)
+                        .bind(rows)
+                        .fetch_all(&pool)
+                        .await
+                }
+                Some(after) => {
+                    sqlx::query_as(BY_AUTHOR_AFTER)
+                        .bind(author_id)
+                        .bind(rows)
+                        .bind(after.created_at)
+                        .bind(after.id)
+                        .fetch_all(&pool)
+                        .await
+                }
             }
-            Some(after) => {
-                sqlx::query_as(BY_AUTHOR_AFTER)
-                    .bind(author_id)
-                    .bind(rows)
-                    .bind(after.created_at)
-                    .bind(after.id)
-                    .fetch_all(&self.pool())
-                    .await
-            }
-        }
+        })
+        .await
     }
 
     /// Applied events of one aggregate from `page.start_version` on, in version order: up to
@@ -291,48 +510,56 @@ impl ReadModels {
         aggregate_id: Uuid,
         page: &StreamPageRequest,
     ) -> Result<Vec<StreamEvent>, sqlx::Error> {
-        sqlx::query_as(STREAM)
-            .bind(aggregate_id)
-            .bind(page.start_version)
-            .bind(page.rows_to_fetch())
-            .fetch_all(&self.pool())
-            .await
+        let (start_version, rows) = (page.start_version, page.rows_to_fetch());
+        self.run(|pool| async move {
+            sqlx::query_as(STREAM)
+                .bind(aggregate_id)
+                .bind(start_version)
+                .bind(rows)
+                .fetch_all(&pool)
+                .await
+        })
+        .await
     }
 
     /// True once any event of the aggregate was applied, deleted or not.
     pub async fn stream_exists(&self, aggregate_id: Uuid) -> Result<bool, sqlx::Error> {
-        sqlx::query_scalar(STREAM_EXISTS)
-            .bind(aggregate_id)
-            .fetch_one(&self.pool())
-            .await
+        self.run(|pool| async move {
+            sqlx::query_scalar(STREAM_EXISTS)
+                .bind(aggregate_id)
+                .fetch_one(&pool)
+                .await
+        })
+        .await
     }
 
     pub async fn decision(&self, command_id: Uuid) -> Result<Option<Decision>, sqlx::Error> {
-        sqlx::query_as(DECISION)
-            .bind(command_id)
-            .fetch_optional(&self.pool())
-            .await
+        self.run(|pool| async move {
+            sqlx::query_as(DECISION)
+                .bind(command_id)
+                .fetch_optional(&pool)
+                .await
+        })
+        .await
     }
+}
 
-    /// The projector's next offset to apply on one partition of `topic`, if it has started there.
-    pub async fn next_offset(
-        &self,
-        topic: &str,
-        partition: i32,
-    ) -> Result<Option<i64>, sqlx::Error> {
-        sqlx::query_scalar(NEXT_OFFSET)
-            .bind(topic)
-            .bind(partition)
-            .fetch_optional(&self.pool())
-            .await
-    }
+fn count_read(metrics: &Metrics, source: &str) {
+    metrics.count(
+        "query_api_reads_total",
+        "Database queries of reads, by where they were answered: the primary or replica_N.",
+        vec![("source", source.to_owned())],
+        1,
+    );
+}
 
-    pub async fn ping(&self) -> Result<(), sqlx::Error> {
-        sqlx::query("SELECT 1")
-            .execute(&self.pool())
-            .await
-            .map(drop)
-    }
+fn count_fallback(metrics: &Metrics, replica: &str) {
+    metrics.count(
+        "query_api_replica_fallbacks_total",
+        "Reads sent to a replica that could not answer them, and were answered by the primary.",
+        vec![("replica", replica.to_owned())],
+        1,
+    );
 }
 
 /// The active read-model generation as the catalogue says; the first one (`public`) when the

@@ -12,7 +12,7 @@ use crate::cache::Key;
 use crate::error::ApiError;
 use crate::extract::{IfNoneMatch, PathId, ReadAfter};
 use crate::pagination::{Page, PageRequest, StreamPageRequest};
-use crate::read_models::{Post, StreamEvent};
+use crate::read_models::{Post, Source, StreamEvent};
 use crate::{AppState, Loaded};
 
 /// How long `/readyz` gives PostgreSQL to answer `SELECT 1`.
@@ -35,11 +35,10 @@ async fn get_user(
     ReadAfter(token): ReadAfter,
     IfNoneMatch(if_none_match): IfNoneMatch,
 ) -> Result<Response, ApiError> {
-    state.read_after(token).await?;
-    let read_models = &state.read_models;
+    let requirement = state.read_after(token).await?;
     let answer = state
-        .cached(Key::User(user_id), token, || async move {
-            let answer = match read_models.user(user_id).await? {
+        .cached(Key::User(user_id), requirement, |source| async move {
+            let answer = match source.user(user_id).await? {
                 Some(user) => Answer::versioned(user.version, &user)?,
                 None => Answer::NotFound("user"),
             };
@@ -58,11 +57,10 @@ async fn get_post(
     ReadAfter(token): ReadAfter,
     IfNoneMatch(if_none_match): IfNoneMatch,
 ) -> Result<Response, ApiError> {
-    state.read_after(token).await?;
-    let read_models = &state.read_models;
+    let requirement = state.read_after(token).await?;
     let answer = state
-        .cached(Key::Post(post_id), token, || async move {
-            Ok(match read_models.post(post_id).await? {
+        .cached(Key::Post(post_id), requirement, |source| async move {
+            Ok(match source.post(post_id).await? {
                 Some(post) => Loaded {
                     answer: Answer::versioned(post.version, &post)?,
                     owner: Some(post.author_id),
@@ -84,11 +82,10 @@ async fn list_user_posts(
     page: PageRequest,
     ReadAfter(token): ReadAfter,
 ) -> Result<Response, ApiError> {
-    state.read_after(token).await?;
-    let read_models = &state.read_models;
-    let load = || async move {
-        let answer = if read_models.live_user_exists(user_id).await? {
-            let rows = read_models.posts_by_author(user_id, &page).await?;
+    let requirement = state.read_after(token).await?;
+    let load = |source: Source| async move {
+        let answer = if source.live_user_exists(user_id).await? {
+            let rows = source.posts_by_author(user_id, &page).await?;
             page_answer(rows, page.limit)?
         } else {
             Answer::NotFound("user")
@@ -104,9 +101,9 @@ async fn list_user_posts(
                 user: user_id,
                 limit: page.limit,
             };
-            state.cached(key, token, load).await?
+            state.cached(key, requirement, load).await?
         }
-        Some(_) => load().await?.answer,
+        Some(_) => load(state.source(&requirement).await).await?.answer,
     };
     Ok(answer.respond(&[]))
 }
@@ -116,10 +113,9 @@ async fn list_posts(
     page: PageRequest,
     ReadAfter(token): ReadAfter,
 ) -> Result<Response, ApiError> {
-    state.read_after(token).await?;
-    let read_models = &state.read_models;
-    let load = || async move {
-        let rows = read_models.feed(&page).await?;
+    let requirement = state.read_after(token).await?;
+    let load = |source: Source| async move {
+        let rows = source.feed(&page).await?;
         Ok(Loaded {
             answer: page_answer(rows, page.limit)?,
             owner: None,
@@ -128,9 +124,9 @@ async fn list_posts(
     let answer = match page.after {
         None => {
             let key = Key::Feed { limit: page.limit };
-            state.cached(key, token, load).await?
+            state.cached(key, requirement, load).await?
         }
-        Some(_) => load().await?.answer,
+        Some(_) => load(state.source(&requirement).await).await?.answer,
     };
     Ok(answer.respond(&[]))
 }
@@ -145,11 +141,10 @@ async fn get_command(
     PathId(command_id): PathId,
     ReadAfter(token): ReadAfter,
 ) -> Result<Response, ApiError> {
-    state.read_after(token).await?;
-    let read_models = &state.read_models;
+    let requirement = state.read_after(token).await?;
     let answer = state
-        .cached(Key::Command(command_id), token, || async move {
-            let answer = match read_models.decision(command_id).await? {
+        .cached(Key::Command(command_id), requirement, |source| async move {
+            let answer = match source.decision(command_id).await? {
                 Some(decision) => Answer::json(&decision)?,
                 None => Answer::NotFound("command"),
             };
@@ -170,10 +165,11 @@ async fn list_stream_events(
     page: StreamPageRequest,
     ReadAfter(token): ReadAfter,
 ) -> Result<Json<Page<StreamEvent>>, ApiError> {
-    state.read_after(token).await?;
-    let rows = state.read_models.stream(aggregate_id, &page).await?;
+    let requirement = state.read_after(token).await?;
+    let source = state.source(&requirement).await;
+    let rows = source.stream(aggregate_id, &page).await?;
     // An empty page past the end of a stream that exists is a page, not a 404.
-    if rows.is_empty() && !state.read_models.stream_exists(aggregate_id).await? {
+    if rows.is_empty() && !source.stream_exists(aggregate_id).await? {
         return Err(ApiError::NotFound("stream"));
     }
     Ok(Json(Page::from_rows(rows, page.limit, |event| {

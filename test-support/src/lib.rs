@@ -11,8 +11,8 @@
 //! - `KAFKA_BROKERS`: the shared broker (default `127.0.0.1:9092`); each test gets its own topic.
 //! - `TEST_DATABASE_PREFIX`: how the names of the tests' databases start (default `test_`).
 //! - `TANSU_BIN`: the broker binary for [`OwnBroker`].
-//! - `PG_BIN_DIR`: PostgreSQL's server binaries for [`OwnPostgres`] (default: the newest under
-//!   `/usr/lib/postgresql`).
+//! - `PG_BIN_DIR`: PostgreSQL's server binaries for [`OwnPostgres`] and its standbys (default:
+//!   the newest under `/usr/lib/postgresql`).
 
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -229,7 +229,8 @@ impl OwnBroker {
 }
 
 /// A throwaway PostgreSQL cluster (`initdb` in a temp dir, its own port) that a fault test may
-/// stop and start without touching the machine's shared server.
+/// stop and start without touching the machine's shared server; or a hot standby of one
+/// ([`OwnPostgres::start_standby`]) whose replay a test may pause.
 #[derive(Debug)]
 pub struct OwnPostgres {
     pub port: u16,
@@ -290,6 +291,115 @@ impl OwnPostgres {
             &["-D", &data, "-l", &log, "-o", &options, "-w", "start"],
         );
         assert!(status.success(), "pg_ctl start failed; see {log}");
+    }
+
+    /// A URL of database `name` on this cluster.
+    pub fn url_of(&self, database: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
+    }
+
+    /// Starts a hot standby of this cluster on a port and in a temp dir of its own: a base
+    /// backup (`pg_basebackup -R -X stream`) that then streams this cluster's WAL and replays
+    /// it. initdb's pg_hba already trusts replication connections from 127.0.0.1.
+    pub async fn start_standby(&self) -> OwnPostgres {
+        let dir = tempfile::tempdir().expect("temp dir");
+        if running_as_root() {
+            std::process::Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(dir.path())
+                .status()
+                .expect("chown temp dir");
+        }
+        let data = dir.path().join("data").display().to_string();
+        let port = self.port.to_string();
+        let backup = run_pg(
+            &self.bin.join("pg_basebackup"),
+            &[
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-U",
+                "postgres",
+                "-D",
+                &data,
+                "-R",
+                "-X",
+                "stream",
+                // Rather than wait for the primary's next scheduled checkpoint.
+                "--checkpoint=fast",
+            ],
+        );
+        assert!(backup.success(), "pg_basebackup failed");
+        let standby = OwnPostgres {
+            port: free_port(),
+            dir,
+            bin: self.bin.clone(),
+        };
+        standby.resume().await;
+        standby
+    }
+
+    /// On a standby: stops replaying WAL (it still receives it) and returns once it has
+    /// stopped, so that nothing committed on the primary from now on shows here.
+    pub async fn pause_replay(&self) {
+        let mut standby = self.admin().await;
+        sqlx::query("SELECT pg_wal_replay_pause()")
+            .execute(&mut standby)
+            .await
+            .expect("pause replay");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let state: String = sqlx::query_scalar("SELECT pg_get_wal_replay_pause_state()")
+                .fetch_one(&mut standby)
+                .await
+                .expect("replay pause state");
+            if state == "paused" {
+                return;
+            }
+            assert!(Instant::now() < deadline, "replay still {state} after 30 s");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// On a standby: replays WAL again.
+    pub async fn resume_replay(&self) {
+        sqlx::query("SELECT pg_wal_replay_resume()")
+            .execute(&mut self.admin().await)
+            .await
+            .expect("resume replay");
+    }
+
+    /// On a standby: returns once it has replayed everything `primary` has written so far.
+    pub async fn wait_for_replay_of(&self, primary: &OwnPostgres) {
+        let written: String = sqlx::query_scalar("SELECT pg_current_wal_lsn()::text")
+            .fetch_one(&mut primary.admin().await)
+            .await
+            .expect("primary's WAL position");
+        let mut standby = self.admin().await;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let replayed: Option<bool> =
+                sqlx::query_scalar("SELECT pg_last_wal_replay_lsn() >= $1::pg_lsn")
+                    .bind(&written)
+                    .fetch_one(&mut standby)
+                    .await
+                    .expect("standby's replay position");
+            if replayed == Some(true) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the standby has not replayed up to {written} after 30 s"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn admin(&self) -> PgConnection {
+        PgConnection::connect(&self.admin_url())
+            .await
+            .expect("connect to the cluster")
     }
 
     /// Stops the cluster at once (`-m immediate`): a crash, as far as clients can tell.

@@ -11,7 +11,7 @@ use uuid::Uuid;
 use crate::helpers::{TestApp, eventually, json_ok, spawn_app};
 use crate::seed;
 
-const GENERATION: &str = "generation_1";
+pub const GENERATION: &str = "generation_1";
 
 fn next_offset(partition: i32) -> String {
     format!("query_api_projector_next_offset{{partition=\"{partition}\"}}")
@@ -70,7 +70,7 @@ async fn fixture() -> Fixture {
 }
 
 /// What `projector switch` commits: the catalogue and the notice, together.
-async fn switch(live: &PgPool) {
+pub async fn switch(live: &PgPool) {
     let mut tx = live.begin().await.expect("begin");
     sqlx::query("UPDATE read_model_generations SET state = 'retired' WHERE name = 'public'")
         .execute(&mut *tx)

@@ -20,6 +20,8 @@ pub fn config(database_url: &str, topic: &str, consistency_wait: Duration) -> Co
     Config {
         addr: "127.0.0.1:0".parse().expect("socket address"),
         database_url: database_url.to_owned(),
+        database_replica_urls: Vec::new(),
+        replica_poll_ms: 20,
         kafka_topic: topic.to_owned(),
         consistency_wait_ms: u64::try_from(consistency_wait.as_millis()).expect("wait fits u64"),
         db_pool_size: 4,

@@ -14,5 +14,6 @@ mod helpers;
 mod outage;
 mod pagination;
 mod reads;
+mod replicas;
 mod seed;
 mod streams;
