@@ -138,10 +138,7 @@ impl Application {
             .parse()
             .context("DATABASE_URL is not a PostgreSQL URL")?;
         let pool_of = |options, acquire_timeout| {
-            PgPoolOptions::new()
-                .max_connections(config.db_pool_size)
-                .acquire_timeout(acquire_timeout)
-                .connect_lazy_with(options)
+            read_models::read_pool(config.db_pool_size, acquire_timeout, options)
         };
         let pool = pool_of(connect_options, config.db_acquire_timeout());
         let replica_acquire_timeout = config

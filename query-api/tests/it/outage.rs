@@ -76,3 +76,40 @@ async fn reads_answer_503_while_postgres_is_down_and_recover_without_a_restart()
     drop(app);
     db.drop_database().await;
 }
+
+#[tokio::test]
+async fn a_read_after_postgres_dropped_every_pooled_connection_is_answered() {
+    let db = TestDb::create().await;
+    let pool = db.pool().await;
+    MIGRATOR.run(&pool).await.expect("migrate");
+    let topic = unique_topic("query");
+    let user_id = seed::user(&pool, "Ada", None, seed::at(0)).await;
+    seed::advance_and_notify(&pool, &topic, 0, 5).await;
+    let user_path = format!("/v1/users/{user_id}");
+    let app = spawn_app_with(Config {
+        cache_entries: 0,
+        ..config(&db.url, &topic, Duration::from_secs(30))
+    })
+    .await;
+    // Fill the pool: concurrent reads each hold a connection.
+    let reads: Vec<_> = (0..4).map(|_| app.get(&user_path)).collect();
+    for response in futures::future::join_all(reads).await {
+        json_ok(response).await;
+    }
+
+    // What a restart or a pooler's idle timeout does to the pool's idle connections.
+    sqlx::query(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = current_database() AND pid <> pg_backend_pid()",
+    )
+    .execute(&pool)
+    .await
+    .expect("terminate the app's connections");
+
+    // Connections are not pinged before use: each read meets dead ones and must try again.
+    for _ in 0..4 {
+        json_ok(app.get(&user_path).await).await;
+    }
+    drop(app);
+    db.drop_database().await;
+}
