@@ -31,6 +31,19 @@ pub const FIRST_GENERATION: &str = "public";
 /// PostgreSQL refuses a NOTIFY payload of 8000 bytes or more.
 pub const MAX_PAYLOAD_BYTES: usize = 7999;
 
+/// A name that needs no quoting in SQL (lower-case letters, digits and underscores, not starting
+/// with a digit, at most 63 bytes), so a generation's schema can go into `search_path` and
+/// statements as is. Every generation name is one.
+pub fn is_plain_identifier(name: &str) -> bool {
+    name.chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && name.len() <= 63
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+}
+
 fn first_generation() -> String {
     FIRST_GENERATION.to_owned()
 }
@@ -94,6 +107,24 @@ mod tests {
 
     fn id(n: u128) -> Uuid {
         Uuid::from_u128(n)
+    }
+
+    #[test]
+    fn plain_identifiers_need_no_quoting_and_others_are_refused() {
+        for plain in ["public", "generation_12", "_x", &"a".repeat(63)] {
+            assert!(is_plain_identifier(plain), "{plain}");
+        }
+        for other in [
+            "",
+            "1gen",
+            "Gen",
+            "gen-1",
+            "gen;drop",
+            "g\"x",
+            &"a".repeat(64),
+        ] {
+            assert!(!is_plain_identifier(other), "{other}");
+        }
     }
 
     #[test]

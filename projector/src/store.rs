@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use events::progress::{FIRST_GENERATION, ProgressNotice};
+use events::progress::{FIRST_GENERATION, ProgressNotice, is_plain_identifier};
 use sqlx::Row;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use uuid::Uuid;
@@ -372,17 +372,6 @@ impl Store {
         tx.commit().await?;
         Ok(outcome)
     }
-}
-
-/// A name that needs no quoting in SQL, so it can go into `search_path` and statements as is.
-pub fn is_plain_identifier(name: &str) -> bool {
-    name.chars()
-        .next()
-        .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
-        && name.len() <= 63
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
 }
 
 /// The active read-model generation as the catalogue says, or the first one (`public`) when the

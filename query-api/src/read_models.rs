@@ -10,7 +10,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use events::progress::FIRST_GENERATION;
+use events::progress::{FIRST_GENERATION, is_plain_identifier};
 use serde::Serialize;
 use service_kit::metrics::Metrics;
 use sqlx::PgPool;
@@ -622,14 +622,3 @@ where
 #[derive(Debug, thiserror::Error)]
 #[error("{0:?} is not a read-model generation name")]
 pub struct InvalidGeneration(pub String);
-
-/// Lower-case letters, digits and underscores, not starting with a digit: needs no quoting.
-pub fn is_plain_identifier(name: &str) -> bool {
-    name.chars()
-        .next()
-        .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
-        && name.len() <= 63
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
-}
