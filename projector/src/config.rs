@@ -46,6 +46,12 @@ pub struct Config {
     #[arg(long, env = "KAFKA_SESSION_TIMEOUT_MS", default_value_t = 10_000)]
     pub kafka_session_timeout_ms: u32,
 
+    /// How long a partition this instance does not own may sit behind its log without moving
+    /// before the instance takes it for orphaned (a coordinator that lost an assignment) and
+    /// rejoins the group so that it is assigned again. Default: 3 × the session timeout.
+    #[arg(long, env = "PARTITION_STALL_TIMEOUT_MS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub partition_stall_timeout_ms: Option<u64>,
+
     /// Longest a fetch waits at the broker for new records (librdkafka `fetch.wait.max.ms`).
     /// Kafka answers as soon as records arrive; a broker that holds the fetch for the whole wait
     /// (tansu does) adds up to this much to every write's visibility lag.
@@ -169,6 +175,13 @@ pub struct VerifyArgs {
 }
 
 impl Config {
+    pub fn partition_stall_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(
+            self.partition_stall_timeout_ms
+                .unwrap_or(3 * u64::from(self.kafka_session_timeout_ms)),
+        )
+    }
+
     pub fn instance_id(&self) -> String {
         self.instance_id.clone().unwrap_or_else(|| {
             let host = std::fs::read_to_string("/etc/hostname")

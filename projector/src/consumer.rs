@@ -5,10 +5,10 @@
 //! offsets, not Kafka's). Kafka's committed offsets are written too, but only so that standard
 //! tools can show the group's lag; nothing reads them back.
 
-use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
@@ -19,6 +19,7 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::runtime::Handle;
 
 use crate::Config;
+use crate::stall::StallWatch;
 use crate::store::{ActiveStore, BatchOutcome, Claim, Record, StoreError};
 
 /// The partitions this instance owns right now, and its claim on each.
@@ -28,6 +29,8 @@ pub type Ownership = Arc<Mutex<BTreeMap<i32, Claim>>>;
 #[derive(Debug, Default)]
 pub struct Progress {
     pub outcome: Mutex<BatchOutcome>,
+    /// Times this instance left and rejoined the group over a partition nobody projected.
+    pub stall_rejoins: AtomicU64,
 }
 
 /// Claims partitions in PostgreSQL when Kafka assigns them, and positions the consumer there.
@@ -199,6 +202,7 @@ pub struct Projector {
     ownership: Ownership,
     stopping: Arc<AtomicBool>,
     progress: Arc<Progress>,
+    stall_timeout: Duration,
 }
 
 impl Projector {
@@ -245,6 +249,7 @@ impl Projector {
             ownership: ownership.clone(),
             stopping,
             progress,
+            stall_timeout: config.partition_stall_timeout(),
         };
         Ok((projector, ownership))
     }
@@ -259,12 +264,19 @@ impl Projector {
         self.consumer
             .subscribe(&[&self.topic])
             .map_err(|e| format!("cannot subscribe to topic {:?}: {e}", self.topic))?;
+        let mut stalls = StallWatch::new(self.stall_timeout);
+        // A few looks per timeout, so that a stall is seen soon after it is one.
+        let look_every = (self.stall_timeout / 4).max(Duration::from_millis(500));
+        let mut next_look = Instant::now() + look_every;
         while !self.stopping.load(Ordering::Relaxed) {
             let batch = self.next_batch();
-            if batch.is_empty() {
-                continue;
+            if !batch.is_empty() {
+                self.commit(&batch);
             }
-            self.commit(&batch);
+            if Instant::now() >= next_look {
+                self.rejoin_if_orphaned(&mut stalls);
+                next_look = Instant::now() + look_every;
+            }
         }
         tracing::info!("projector stopped");
         match lock(&self.consumer.context().failure).take() {
@@ -388,6 +400,65 @@ impl Projector {
             }
         }
         lock(&self.progress.outcome).absorb(outcome);
+    }
+
+    /// Looks at the partitions this instance does not own (see [`crate::stall`]); when one has
+    /// sat behind its log for the stall timeout, leaves the group and joins it again, so that
+    /// the coordinator assigns every partition afresh. Skips the look when PostgreSQL or the
+    /// broker cannot answer: a stall is only ever concluded from two real looks.
+    fn rejoin_if_orphaned(&self, stalls: &mut StallWatch) {
+        let stored = match self.runtime.block_on(self.store.get().stored_offsets()) {
+            Ok(stored) => stored,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot read the stored offsets for the stall watch");
+                return;
+            }
+        };
+        let Some(log_ends) = self.log_ends() else {
+            return;
+        };
+        let owned: BTreeSet<i32> = lock(&self.ownership).keys().copied().collect();
+        let stalled = stalls.observe(Instant::now(), &owned, &stored, &log_ends);
+        if stalled.is_empty() {
+            return;
+        }
+        tracing::warn!(
+            ?stalled,
+            timeout_ms = self.stall_timeout.as_millis(),
+            "partitions with events to project have not moved for the stall timeout and are not ours: \
+             the group has assigned them to nobody alive; leaving and rejoining the group so that they are assigned again"
+        );
+        self.progress.stall_rejoins.fetch_add(1, Ordering::Relaxed);
+        // Unsubscribing revokes (through the rebalance callback) and leaves the group; the new
+        // subscription joins it again as a new member.
+        self.consumer.unsubscribe();
+        if let Err(e) = self.consumer.subscribe(&[&self.topic]) {
+            tracing::error!(error = %e, "cannot rejoin the group");
+        }
+        stalls.reset();
+    }
+
+    /// Each partition's log end (the offset the next record will get), or `None` when the broker
+    /// cannot say.
+    fn log_ends(&self) -> Option<BTreeMap<i32, i64>> {
+        let timeout = Duration::from_secs(5);
+        let metadata = self
+            .consumer
+            .fetch_metadata(Some(&self.topic), timeout)
+            .map_err(|e| tracing::debug!(error = %e, "cannot fetch metadata for the stall watch"))
+            .ok()?;
+        let topic = metadata.topics().iter().find(|t| t.name() == self.topic)?;
+        topic
+            .partitions()
+            .iter()
+            .map(|p| {
+                self.consumer
+                    .fetch_watermarks(&self.topic, p.id(), timeout)
+                    .map(|(_, end)| (p.id(), end))
+                    .map_err(|e| tracing::debug!(error = %e, "cannot fetch a log end for the stall watch"))
+                    .ok()
+            })
+            .collect()
     }
 
     /// Whether fenced partitions mean that `projector switch` made another generation active;

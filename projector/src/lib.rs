@@ -13,6 +13,8 @@
 //! - [`batch`]: how a batch of records becomes rows: load, decide in memory, write in bulk.
 //! - [`consumer`]: the Kafka consumer loop on its own thread, and the rebalance callback that
 //!   claims partitions and resumes from the stored offsets.
+//! - [`stall`]: the watch on partitions nobody projects (a coordinator that lost an assignment),
+//!   which makes the instance rejoin the group.
 //! - [`config`]: flags and environment variables.
 //! - [`verify`]: `projector verify`, which projects the log again into a scratch schema and
 //!   compares it with the live read model at the same offsets.
@@ -34,6 +36,7 @@ pub mod decide;
 pub mod generations;
 pub mod rebuild;
 mod replay;
+pub mod stall;
 pub mod store;
 pub mod switch;
 pub mod verify;
@@ -247,6 +250,17 @@ fn register_metrics(metrics: &Metrics, progress: &Arc<Progress>, ownership: &Own
                 v.push((vec![("outcome", format!("rejected_{reason}"))], *n as f64));
             }
             v
+        },
+    );
+    let p = progress.clone();
+    metrics.gauge(
+        "projector_stall_rejoins",
+        "Times this instance rejoined the group because partitions with events to project had no live owner.",
+        move || {
+            vec![(
+                Vec::new(),
+                p.stall_rejoins.load(std::sync::atomic::Ordering::Relaxed) as f64,
+            )]
         },
     );
     let own = ownership.clone();

@@ -227,6 +227,16 @@ impl Store {
             .map_err(StoreError::from)
     }
 
+    /// Every partition's stored next offset, whoever owns it.
+    pub async fn stored_offsets(&self) -> Result<BTreeMap<i32, i64>, sqlx::Error> {
+        let rows: Vec<(i32, i64)> =
+            sqlx::query_as("SELECT partition, next_offset FROM projector_offsets WHERE topic = $1")
+                .bind(&self.topic)
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(rows.into_iter().collect())
+    }
+
     /// Decides and applies `records` in one transaction, if this instance still holds its
     /// `claims`. With `isolate`, each record runs in its own savepoint so that a record whose
     /// statements fail is dead-lettered instead of failing the batch (the slow path, taken

@@ -1,6 +1,11 @@
 //! Crashes and outages: whatever dies, the read model ends up exactly as the log says.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
 
 use reqwest::{Method, StatusCode};
 use serde_json::json;
@@ -8,7 +13,8 @@ use test_support::{OwnBroker, OwnPostgres, TestDb, http};
 use tokio::sync::Notify;
 
 use crate::stack::{
-    Accepted, ChildProjector, Stack, replay_snapshot, send_write, snapshot, write_to,
+    Accepted, ChildProjector, SESSION_TIMEOUT_MS, Stack, replay_snapshot, send_write, snapshot,
+    write_to,
 };
 
 /// A stream of writes over a few users: posts, edits and deletes, with `If-Match` values that
@@ -187,6 +193,133 @@ async fn two_projectors_share_the_partitions_and_one_takes_over_when_the_other_i
         .await
         .expect("owners");
     assert_eq!(owners, ["b"], "the survivor owns every partition");
+}
+
+/// A member of the projectors' group that takes partitions and never projects them: from the
+/// outside, what a group looks like whose coordinator gave a dead member's share to nobody.
+/// It leaves the group when dropped.
+struct IdleMember {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl IdleMember {
+    /// Joins and returns once the group has given it partitions.
+    async fn join(brokers: &str, topic: &str, group: &str) -> IdleMember {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .set("group.id", group)
+            .set("client.id", "idle-member")
+            .set("enable.auto.commit", "false")
+            .set("session.timeout.ms", SESSION_TIMEOUT_MS.to_string())
+            .set(
+                "heartbeat.interval.ms",
+                (SESSION_TIMEOUT_MS / 3).to_string(),
+            )
+            .create()
+            .expect("idle consumer");
+        consumer.subscribe(&[topic]).expect("subscribe");
+        let stop = Arc::new(AtomicBool::new(false));
+        let (assigned, on_assigned) = tokio::sync::oneshot::channel();
+        let thread = std::thread::spawn({
+            let stop = stop.clone();
+            move || {
+                let mut assigned = Some(assigned);
+                // Polling serves the group's rebalances; what it fetches is dropped unprojected.
+                while !stop.load(Ordering::Relaxed) {
+                    let _ = consumer.poll(Duration::from_millis(100));
+                    if assigned.is_some()
+                        && consumer.assignment().is_ok_and(|a| a.count() > 0)
+                        && let Some(tell) = assigned.take()
+                    {
+                        let _ = tell.send(());
+                    }
+                }
+            }
+        });
+        tokio::time::timeout(Duration::from_secs(60), on_assigned)
+            .await
+            .expect("the idle member got partitions within 60 s")
+            .expect("the idle member's thread is running");
+        IdleMember {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for IdleMember {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitions_that_nobody_projects_make_a_projector_rejoin_and_are_projected_once_their_holder_is_gone()
+ {
+    let stack = Stack::start_on(test_support::kafka_brokers(), TestDb::create().await, false).await;
+    let group = format!("{}-g", stack.topic);
+    let idle = IdleMember::join(&stack.brokers, &stack.topic, &group).await;
+    let survivor = ChildProjector::spawn_with(
+        &stack.brokers,
+        &stack.topic,
+        &group,
+        &stack.db.url,
+        "survivor",
+        &[("PARTITION_STALL_TIMEOUT_MS", "2000")],
+    )
+    .await;
+    // Events on every partition, so that whatever share the idle member holds has work waiting.
+    let mut accepted = Vec::new();
+    let mut partitions = std::collections::BTreeSet::new();
+    while partitions.len() < 4 {
+        assert!(
+            accepted.len() < 200,
+            "4 partitions, yet 200 users went to {partitions:?}"
+        );
+        let user = stack.register(&format!("u{}", accepted.len())).await;
+        let partition = user
+            .token
+            .split('.')
+            .nth(1)
+            .expect("v1.<partition>.<offset>")
+            .to_owned();
+        partitions.insert(partition);
+        accepted.push(user);
+    }
+
+    // Whatever the group gave the survivor, the idle member's share does not move.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while survivor
+        .metric("projector_stall_rejoins")
+        .await
+        .unwrap_or(0.0)
+        < 1.0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the survivor never rejoined the group"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    drop(idle);
+    stack.wait_caught_up().await;
+    let live = snapshot(&stack.db.url).await;
+    assert_eq!(
+        live["decisions"].len(),
+        accepted.len(),
+        "every registration decided"
+    );
+    let pool = stack.db.pool().await;
+    let owners: Vec<String> = sqlx::query_scalar("SELECT DISTINCT owner FROM projector_offsets")
+        .fetch_all(&pool)
+        .await
+        .expect("owners");
+    assert_eq!(owners, ["survivor"], "the survivor owns every partition");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

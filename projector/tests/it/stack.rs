@@ -104,6 +104,8 @@ pub async fn projector(config: projector::Config) -> Running {
 /// A projector as a child process, for tests that kill it with SIGKILL.
 pub struct ChildProjector {
     child: Child,
+    /// Its /healthz, /readyz and /metrics.
+    pub url: String,
 }
 
 impl ChildProjector {
@@ -113,6 +115,18 @@ impl ChildProjector {
         group: &str,
         database_url: &str,
         instance: &str,
+    ) -> ChildProjector {
+        Self::spawn_with(brokers, topic, group, database_url, instance, &[]).await
+    }
+
+    /// [`spawn`](ChildProjector::spawn) with more environment variables.
+    pub async fn spawn_with(
+        brokers: &str,
+        topic: &str,
+        group: &str,
+        database_url: &str,
+        instance: &str,
+        env: &[(&str, &str)],
     ) -> ChildProjector {
         let port = free_port();
         let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_projector"))
@@ -125,11 +139,13 @@ impl ChildProjector {
             .env("INSTANCE_ID", instance)
             .env("BATCH_SIZE", "20")
             .env("RUST_LOG", "warn,projector=info")
+            .envs(env.iter().copied())
             .kill_on_drop(true)
             .spawn()
             .expect("spawn projector binary");
         // A child process has no signal to wait on but its readiness endpoint.
-        let ready = format!("http://127.0.0.1:{port}/readyz");
+        let url = format!("http://127.0.0.1:{port}");
+        let ready = format!("{url}/readyz");
         let client = http();
         for _ in 0..600 {
             if client
@@ -138,11 +154,25 @@ impl ChildProjector {
                 .await
                 .is_ok_and(|r| r.status() == StatusCode::OK)
             {
-                return ChildProjector { child };
+                return ChildProjector { child, url };
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         panic!("projector child never became ready");
+    }
+
+    /// The value of an unlabelled series on its /metrics, if there.
+    pub async fn metric(&self, name: &str) -> Option<f64> {
+        let text = http()
+            .get(format!("{}/metrics", self.url))
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        text.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
     }
 
     /// SIGKILL: no shutdown hook, no flush, no goodbye to the group.
