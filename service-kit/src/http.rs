@@ -3,8 +3,10 @@
 //! Every request of every service passes through these layers, and a cached read does little
 //! else, so they are kept cheap: one `Router::layer` call for all of them (axum boxes each
 //! route again at every call, and each box costs a request a clone and a boxed future), and
-//! request metrics whose future is not boxed and which take no lock to write and allocate
-//! nothing once a series exists. `query-api/examples/cached_read.rs` measures what a request
+//! one layer of our own for the request's span and its latency, whose future is not boxed and
+//! whose metrics take no lock to write and allocate nothing once a series exists. The span
+//! has two fields: the text formatter writes every field of every span into a string as the
+//! span is created, logged or not. `query-api/examples/cached_read.rs` measures what a request
 //! costs (see BENCHMARKS.md).
 
 use std::any::Any;
@@ -26,7 +28,6 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{
     MakeRequestUuid, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
 };
-use tower_http::trace::TraceLayer;
 
 use crate::metrics::{self, Histogram, Labels, Metrics};
 use crate::problem::Problem;
@@ -55,25 +56,29 @@ pub fn with_common_layers(router: Router, metrics: Metrics) -> Router {
                 "this route does not take that method",
             )
         })
-        // Outermost first. The metrics time everything but the routing, and see the 500 of a
-        // panic too; the span is entered before anything that might log.
+        // Outermost first. The request id exists before the span that shows it; the panic
+        // guard is inside the span, so that its 500 is measured and its log line has the id.
         .layer((
-            RecordLayer(requests),
             SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid),
             PropagateRequestIdLayer::new(REQUEST_ID),
-            TraceLayer::new_for_http().make_span_with(request_span),
+            ObserveLayer(requests),
             CatchPanicLayer::custom(panic_to_problem),
         ))
 }
 
-/// The span every log line of a request is in, so that each carries the request id.
-fn request_span(request: &Request) -> tracing::Span {
+/// The span every log line of a request is in: the request id, and what was asked as
+/// OpenTelemetry names an HTTP server span (`GET /v1/posts/{post_id}`), in one field.
+fn request_span(method: &Method, route: &str, request: &Request) -> tracing::Span {
     let id = request
         .extensions()
         .get::<RequestId>()
         .and_then(|id| id.header_value().to_str().ok())
         .unwrap_or("-");
-    tracing::info_span!("request", method = %request.method(), uri = %request.uri(), request_id = %id)
+    tracing::info_span!(
+        "request",
+        route = %format_args!("{method} {route}"),
+        request_id = %id
+    )
 }
 
 async fn render_metrics(State(metrics): State<Metrics>) -> impl IntoResponse {
@@ -215,15 +220,18 @@ fn method_label(method: &Method) -> &'static str {
     }
 }
 
-/// Records every request's latency in [`RequestMetrics`].
+/// Per request: the span of its log lines, its latency in [`RequestMetrics`], and the log
+/// lines tower-http's `TraceLayer` wrote (`DEBUG` for every response, `ERROR` for a 5xx), at a
+/// fraction of its cost: the span covers the handler, not the sending of a body that is
+/// already in memory, so the body is not wrapped (nor boxed again by axum).
 #[derive(Clone)]
-struct RecordLayer(Arc<RequestMetrics>);
+struct ObserveLayer(Arc<RequestMetrics>);
 
-impl<S> Layer<S> for RecordLayer {
-    type Service = Record<S>;
+impl<S> Layer<S> for ObserveLayer {
+    type Service = Observe<S>;
 
-    fn layer(&self, inner: S) -> Record<S> {
-        Record {
+    fn layer(&self, inner: S) -> Observe<S> {
+        Observe {
             inner,
             requests: self.0.clone(),
         }
@@ -231,34 +239,47 @@ impl<S> Layer<S> for RecordLayer {
 }
 
 #[derive(Clone)]
-struct Record<S> {
+struct Observe<S> {
     inner: S,
     requests: Arc<RequestMetrics>,
 }
 
-impl<S, B, ResponseBody> Service<Request<B>> for Record<S>
+impl<S, ResponseBody> Service<Request> for Observe<S>
 where
-    S: Service<Request<B>, Response = Response<ResponseBody>>,
+    S: Service<Request, Response = Response<ResponseBody>>,
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = Recorded<S::Future>;
+    type Future = Observed<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: Request<B>) -> Self::Future {
-        let pending = Pending {
-            requests: self.requests.clone(),
-            // The route template, not the path, keeps the label set bounded.
-            route: request.extensions().get::<MatchedPath>().cloned(),
-            method: method_label(request.method()),
-            started: Instant::now(),
+    fn call(&mut self, request: Request) -> Self::Future {
+        let started = Instant::now();
+        // The route template, not the path, keeps the label set bounded.
+        let route = request.extensions().get::<MatchedPath>().cloned();
+        let method = method_label(request.method());
+        let span = request_span(
+            request.method(),
+            route.as_ref().map_or(UNMATCHED, MatchedPath::as_str),
+            &request,
+        );
+        let inner = {
+            let _entered = span.enter();
+            tracing::debug!("started processing request");
+            self.inner.call(request)
         };
-        Recorded {
-            inner: self.inner.call(request),
-            pending: Some(pending),
+        Observed {
+            inner,
+            span,
+            pending: Some(Pending {
+                requests: self.requests.clone(),
+                route,
+                method,
+                started,
+            }),
         }
     }
 }
@@ -271,16 +292,18 @@ struct Pending {
 }
 
 pin_project_lite::pin_project! {
-    /// The inner future, and what to record when it answers. A request whose client left
-    /// before the answer (its future dropped) is not recorded: it has no status.
-    struct Recorded<F> {
+    /// The inner future in the request's span, and what to record when it answers. A request
+    /// whose client left before the answer (its future dropped) is not recorded: it has no
+    /// status.
+    struct Observed<F> {
         #[pin]
         inner: F,
+        span: tracing::Span,
         pending: Option<Pending>,
     }
 }
 
-impl<F, ResponseBody, E> Future for Recorded<F>
+impl<F, ResponseBody, E> Future for Observed<F>
 where
     F: Future<Output = Result<Response<ResponseBody>, E>>,
 {
@@ -288,18 +311,27 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let this = self.project();
+        let _entered = this.span.enter();
         let result = ready!(this.inner.poll(cx));
         if let (Ok(response), Some(pending)) = (&result, this.pending.take()) {
+            let status = response.status();
+            let elapsed = pending.started.elapsed();
             let route = pending
                 .route
                 .as_ref()
                 .map_or(UNMATCHED, MatchedPath::as_str);
-            pending.requests.observe(
-                route,
-                pending.method,
-                response.status().as_u16(),
-                pending.started.elapsed(),
-            );
+            pending
+                .requests
+                .observe(route, pending.method, status.as_u16(), elapsed);
+            if status.is_server_error() {
+                tracing::error!(status = status.as_u16(), latency = ?elapsed, "response failed");
+            } else {
+                tracing::debug!(
+                    status = status.as_u16(),
+                    latency = ?elapsed,
+                    "finished processing request"
+                );
+            }
         }
         Poll::Ready(result)
     }

@@ -89,6 +89,12 @@ async fn every_line_of_a_request_carries_its_request_id() {
 
     let line = logs.line_with("looking the thing up");
     assert!(line.contains("request_id=req-7"), "{line}");
+    // The route template and method, not the path.
+    assert!(line.contains("route=GET /things/{id}"), "{line}");
     let panicked = logs.line_with("handler panicked");
     assert!(panicked.contains("request_id=req-7"), "{panicked}");
+    // What tower-http's TraceLayer logged for a 5xx, still in the request's span.
+    let failed = logs.line_with("response failed");
+    assert!(failed.contains("status=500"), "{failed}");
+    assert!(failed.contains("request_id=req-7"), "{failed}");
 }
