@@ -5,9 +5,9 @@
 //! service answers, and a fix lands once.
 //!
 //! - [`problem`]: [`Problem`], the `application/problem+json` error body (RFC 9457).
-//! - [`http`]: [`http::with_common_layers`]: request ids, tracing, panics as 500 problems, 404/405
-//!   as problems, `/healthz` and `/metrics`.
-//! - [`metrics`]: a small Prometheus text registry for request counts.
+//! - [`http`]: [`http::with_common_layers`]: request ids, the request's span, latency histograms,
+//!   panics as 500 problems, 404/405 as problems, `/healthz` and `/metrics`.
+//! - [`metrics`]: a small Prometheus text registry: counters, gauges and histograms.
 //! - [`telemetry`]: logging set-up, human-readable or JSON.
 //! - [`shutdown`]: the future that resolves on Ctrl-C or SIGTERM.
 
