@@ -253,8 +253,8 @@ fn register_metrics(metrics: &Metrics, progress: &Arc<Progress>, ownership: &Own
         },
     );
     let p = progress.clone();
-    metrics.gauge(
-        "projector_stall_rejoins",
+    metrics.sampled_counter(
+        "projector_stall_rejoins_total",
         "Times this instance rejoined the group because partitions with events to project had no live owner.",
         move || {
             vec![(

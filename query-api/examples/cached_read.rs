@@ -162,7 +162,7 @@ impl Server {
         // As `Application::build` assembles it.
         let listen_pool = PgPoolOptions::new().max_connections(1).connect(url).await?;
         let metrics = Metrics::default();
-        let read_models = ReadModels::new(pool.clone());
+        let read_models = ReadModels::new(pool.clone(), Vec::new(), "posts", &metrics);
         let cache = Cache::new(10_000, 64 << 20, &metrics);
         let (watermarks, follower) = Watermarks::start(
             listen_pool.clone(),

@@ -5,7 +5,7 @@
 //! Nothing here writes: the projector owns every table.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -163,6 +163,9 @@ struct Shared {
     /// The topic whose offsets the replicas are seen at.
     topic: String,
     metrics: Metrics,
+    /// Queries the primary answered (each replica counts its own): counted where a query runs,
+    /// without the metrics' lock, and sampled at scrape time.
+    primary_reads: AtomicU64,
 }
 
 /// One generation's pools: the primary's and one per replica, in configuration order. Closed
@@ -205,7 +208,7 @@ impl ReadModels {
             replicas: replicas.iter().cloned().map(ReplicaPool::new).collect(),
             pool: primary.clone(),
         };
-        ReadModels {
+        let read_models = ReadModels {
             shared: Arc::new(Shared {
                 primary: (*primary.connect_options()).clone(),
                 replicas: replicas
@@ -219,8 +222,30 @@ impl ReadModels {
                 topic: topic.to_owned(),
                 metrics: metrics.clone(),
                 current: RwLock::new(Arc::new(generation)),
+                primary_reads: AtomicU64::new(0),
             }),
-        }
+        };
+        // Weak: the registry must not keep the pools alive after the app is gone.
+        let shared = Arc::downgrade(&read_models.shared);
+        metrics.sampled_counter(
+            "query_api_reads_total",
+            "Database queries of reads, by where they were answered: the primary or replica_N.",
+            move || {
+                let Some(shared) = shared.upgrade() else {
+                    return Vec::new();
+                };
+                std::iter::once(("primary".to_owned(), &shared.primary_reads))
+                    .chain(shared.replicas.iter().map(|r| (r.label.clone(), &r.reads)))
+                    .map(|(source, reads)| {
+                        (
+                            vec![("source", source)],
+                            reads.load(Ordering::Relaxed) as f64,
+                        )
+                    })
+                    .collect()
+            },
+        );
+        read_models
     }
 
     /// The generation (schema) reads go to now.
@@ -406,7 +431,7 @@ impl Source {
             let replica = &shared.replicas[*index];
             match query(self.generation.replicas[*index].pool.clone()).await {
                 Ok(rows) => {
-                    count_read(&shared.metrics, &replica.label);
+                    replica.reads.fetch_add(1, Ordering::Relaxed);
                     return Ok(rows);
                 }
                 Err(error) => match replicas::classify(&error) {
@@ -432,7 +457,7 @@ impl Source {
             tries += 1;
         }
         if answer.is_ok() {
-            count_read(&shared.metrics, "primary");
+            shared.primary_reads.fetch_add(1, Ordering::Relaxed);
         }
         answer
     }
@@ -549,15 +574,6 @@ impl Source {
         })
         .await
     }
-}
-
-fn count_read(metrics: &Metrics, source: &str) {
-    metrics.count(
-        "query_api_reads_total",
-        "Database queries of reads, by where they were answered: the primary or replica_N.",
-        vec![("source", source.to_owned())],
-        1,
-    );
 }
 
 fn count_fallback(metrics: &Metrics, replica: &str) {

@@ -106,6 +106,8 @@ pub struct Replica {
     pub acquire_timeout: Duration,
     /// Until when it is passed over, as nanoseconds since `epoch`; 0 when healthy.
     unhealthy_until: AtomicU64,
+    /// Queries it answered, for `query_api_reads_total`.
+    pub reads: AtomicU64,
     epoch: Instant,
 }
 
@@ -117,6 +119,7 @@ impl Replica {
             options: (*pool.connect_options()).clone(),
             acquire_timeout: pool.options().get_acquire_timeout(),
             unhealthy_until: AtomicU64::new(0),
+            reads: AtomicU64::new(0),
             epoch: Instant::now(),
         }
     }

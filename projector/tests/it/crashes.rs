@@ -294,7 +294,7 @@ async fn partitions_that_nobody_projects_make_a_projector_rejoin_and_are_project
     // Whatever the group gave the survivor, the idle member's share does not move.
     let deadline = Instant::now() + Duration::from_secs(60);
     while survivor
-        .metric("projector_stall_rejoins")
+        .metric("projector_stall_rejoins_total")
         .await
         .unwrap_or(0.0)
         < 1.0
