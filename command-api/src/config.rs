@@ -3,8 +3,11 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use anyhow::Context;
 use clap::Parser;
 pub use service_kit::telemetry::LogFormat;
+
+use crate::auth::Keys;
 
 /// The command API: validates writes, appends them to Kafka as events, answers 202.
 #[derive(Debug, Clone, Parser)]
@@ -46,9 +49,38 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(1..))]
     pub kafka_startup_timeout_ms: u64,
 
+    /// Keys that sign and verify access tokens: `kid:secret` pairs, comma-separated, each
+    /// secret hex or base64 of at least 32 bytes. The first signs new tokens; all verify. Unset
+    /// or empty: a random key for this process only, with a warning (its tokens die with it
+    /// and no other instance takes them). Pass it in the environment, not as a flag: a flag
+    /// shows in the process list.
+    #[arg(long, env = "AUTH_KEYS", hide_env_values = true, value_parser = parse_secret)]
+    pub auth_keys: Option<Secret>,
+
+    /// Lifetime of access tokens in seconds; unset, tokens do not expire. Also bounds tokens
+    /// issued before it was set or shortened (by their `iat`).
+    #[arg(long, env = "AUTH_TOKEN_TTL_SECS",
+          value_parser = clap::value_parser!(u64).range(1..=i64::MAX as u64 / 2))]
+    pub auth_token_ttl_secs: Option<u64>,
+
     /// Log line format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+}
+
+/// A setting that holds secrets: parsed by the service itself (so that a bad value's error never
+/// quotes it, as clap's own errors would), and never shown by `Debug`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+fn parse_secret(text: &str) -> Result<Secret, std::convert::Infallible> {
+    Ok(Secret(text.to_owned()))
 }
 
 impl Config {
@@ -63,8 +95,25 @@ impl Config {
             kafka_replication_factor: 1,
             append_timeout_ms: 5000,
             kafka_startup_timeout_ms: 30_000,
+            auth_keys: None,
+            auth_token_ttl_secs: None,
             log_format: LogFormat::Text,
         }
+    }
+
+    /// The keys of `AUTH_KEYS`; empty when it is unset or blank. A bad value is an error that
+    /// names the variable and what is wrong, never the secret.
+    pub fn auth_keys(&self) -> anyhow::Result<Keys> {
+        match &self.auth_keys {
+            None => Ok(Keys::default()),
+            Some(Secret(text)) => Keys::parse(text)
+                .map_err(anyhow::Error::msg)
+                .context("AUTH_KEYS (--auth-keys) is invalid"),
+        }
+    }
+
+    pub fn auth_token_ttl(&self) -> Option<Duration> {
+        self.auth_token_ttl_secs.map(Duration::from_secs)
     }
 
     pub fn append_timeout(&self) -> Duration {
@@ -115,11 +164,41 @@ mod tests {
             ["--kafka-partitions", "0"],
             ["--append-timeout-ms", "99"],
             ["--log-format", "xml"],
+            ["--auth-token-ttl-secs", "0"],
+            ["--auth-token-ttl-secs", "soon"],
         ] {
             assert!(
                 Config::try_parse_from(["command-api", bad[0], bad[1]]).is_err(),
                 "{bad:?}"
             );
         }
+    }
+
+    #[test]
+    fn auth_keys_errors_name_the_variable_and_hide_the_secret() {
+        let secret = "ab".repeat(32);
+        let short = Config::try_parse_from([
+            "command-api",
+            "--auth-keys",
+            &format!("k:{}", "cd".repeat(8)),
+        ])
+        .expect("clap takes any text");
+        let message = format!(
+            "{:#}",
+            short.auth_keys().expect_err("16 bytes is too short")
+        );
+        assert!(message.contains("AUTH_KEYS"), "{message}");
+        assert!(message.contains("32"), "{message}");
+
+        let config = Config::try_parse_from(["command-api", "--auth-keys", &format!("k:{secret}")])
+            .expect("parses");
+        assert_eq!(config.auth_keys().expect("valid").kids(), ["k"]);
+        assert!(!format!("{config:?}").contains(&secret), "{config:?}");
+
+        let blank = Config::try_parse_from(["command-api", "--auth-keys", ""]).expect("parses");
+        assert!(blank.auth_keys().expect("blank is none").is_empty());
+        let ttl =
+            Config::try_parse_from(["command-api", "--auth-token-ttl-secs", "60"]).expect("parses");
+        assert_eq!(ttl.auth_token_ttl(), Some(Duration::from_secs(60)));
     }
 }

@@ -4,11 +4,16 @@
 //! slow is a 503 with `Retry-After`; its cause is logged, not sent. Nothing a client sends can
 //! make a 500.
 
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use service_kit::{FieldError, Problem};
+use uuid::Uuid;
 
 use crate::appender::{AppendError, NotReady, READINESS_TIMEOUT};
+use crate::auth::AuthFailure;
+
+/// The protection space of `WWW-Authenticate` (RFC 9110 §11.5): one for all writes.
+pub const REALM: &str = "user-data";
 
 /// How long a client should wait before retrying a write the broker did not take.
 const APPEND_RETRY_AFTER_SECS: u64 = 1;
@@ -33,6 +38,12 @@ pub enum ApiError {
     MalformedIfMatch,
     #[error("Idempotency-Key must be one value of 1 to 200 printable ASCII characters")]
     MalformedIdempotencyKey,
+    /// No valid bearer token: 401.
+    #[error("{0}")]
+    Unauthenticated(AuthFailure),
+    /// A valid token of another user than the path's: 403.
+    #[error("the access token is for another user than {path_user}, the user in the path")]
+    Forbidden { path_user: Uuid },
     #[error("append failed: {0}")]
     Append(#[from] AppendError),
     #[error("not ready: {0}")]
@@ -51,6 +62,8 @@ impl ApiError {
             | ApiError::InvalidPath(_)
             | ApiError::MalformedIfMatch
             | ApiError::MalformedIdempotencyKey => StatusCode::BAD_REQUEST,
+            ApiError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden { .. } => StatusCode::FORBIDDEN,
             ApiError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
@@ -73,6 +86,8 @@ impl ApiError {
             ApiError::InvalidPathId { .. } | ApiError::InvalidPath(_) => {
                 client_error("invalid-path", "Invalid path")
             }
+            ApiError::Unauthenticated(_) => client_error("unauthenticated", "Unauthenticated"),
+            ApiError::Forbidden { .. } => client_error("forbidden", "Forbidden"),
             ApiError::MalformedIfMatch => client_error("malformed-if-match", "Malformed If-Match"),
             ApiError::MalformedIdempotencyKey => {
                 client_error("malformed-idempotency-key", "Malformed Idempotency-Key")
@@ -105,8 +120,28 @@ impl IntoResponse for ApiError {
             }
             _ => tracing::debug!(error = %self, "request rejected"),
         }
-        self.to_problem().into_response()
+        let mut response = self.to_problem().into_response();
+        if let ApiError::Unauthenticated(failure) = &self {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, www_authenticate(*failure));
+        }
+        response
     }
+}
+
+/// The challenge of a 401 (RFC 6750 §3): the realm alone when no bearer token was sent, so a
+/// client that did not know it needs one is not told it sent a bad one; `invalid_token` with
+/// the reason when one was sent.
+fn www_authenticate(failure: AuthFailure) -> HeaderValue {
+    let value = match failure {
+        AuthFailure::Missing => format!(r#"Bearer realm="{REALM}""#),
+        AuthFailure::Invalid(error) => {
+            format!(r#"Bearer realm="{REALM}", error="invalid_token", error_description="{error}""#)
+        }
+    };
+    // The reasons are fixed ASCII text without quotes (see `TokenError`).
+    HeaderValue::from_str(&value).unwrap_or_else(|_| HeaderValue::from_static("Bearer"))
 }
 
 #[cfg(test)]
@@ -146,10 +181,52 @@ mod tests {
             ApiError::InvalidPath("x".into()),
             ApiError::MalformedIfMatch,
             ApiError::MalformedIdempotencyKey,
+            ApiError::Unauthenticated(AuthFailure::Missing),
+            ApiError::Forbidden {
+                path_user: Uuid::nil(),
+            },
         ];
         for mistake in mistakes {
             assert!(mistake.status_code().is_client_error(), "{mistake:?}");
             assert_eq!(mistake.to_problem().status, mistake.status_code());
         }
+    }
+
+    #[test]
+    fn a_401_challenges_with_the_realm_and_says_invalid_token_only_when_one_was_sent() {
+        use crate::auth::TokenError;
+
+        let missing = ApiError::Unauthenticated(AuthFailure::Missing).into_response();
+        assert_eq!(missing.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            missing.headers()[header::WWW_AUTHENTICATE],
+            r#"Bearer realm="user-data""#
+        );
+        for error in [
+            TokenError::Malformed,
+            TokenError::Algorithm,
+            TokenError::Critical,
+            TokenError::UnknownKey,
+            TokenError::Signature,
+            TokenError::Claims,
+            TokenError::Expired,
+            TokenError::NotYetValid,
+        ] {
+            let response = ApiError::Unauthenticated(AuthFailure::Invalid(error)).into_response();
+            let challenge = response.headers()[header::WWW_AUTHENTICATE]
+                .to_str()
+                .expect("ASCII");
+            assert_eq!(
+                challenge,
+                format!(
+                    r#"Bearer realm="user-data", error="invalid_token", error_description="{error}""#
+                )
+            );
+        }
+        let forbidden = ApiError::Forbidden {
+            path_user: Uuid::nil(),
+        }
+        .into_response();
+        assert_eq!(forbidden.status(), StatusCode::FORBIDDEN);
     }
 }

@@ -1,6 +1,7 @@
 //! Extractors for what a write carries besides its route: path ids, `If-Match`,
-//! `Idempotency-Key` and the JSON body. Each rejects with an [`ApiError`], so bad input always
-//! gets this service's problem+json answer, never axum's plain-text one.
+//! `Idempotency-Key`, the JSON body, and the caller the authentication layer found. Each rejects
+//! with an [`ApiError`], so bad input always gets this service's problem+json answer, never
+//! axum's plain-text one.
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Path, Request};
@@ -142,6 +143,25 @@ pub fn parse_hyphenated_uuid(text: &str) -> Option<Uuid> {
         Uuid::try_parse(text).ok()
     } else {
         None
+    }
+}
+
+/// The user a write's bearer token authenticated, put there by
+/// [`require_path_user`](crate::routes::require_path_user) once it checked that the path is that
+/// user's. A handler that takes it cannot run unauthenticated: without the layer, the extractor
+/// fails with a 500 (our bug) instead of letting the write through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Caller(pub Uuid);
+
+impl<S: Send + Sync> FromRequestParts<S> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        parts
+            .extensions
+            .get::<Caller>()
+            .copied()
+            .ok_or_else(|| ApiError::Internal("a protected route without the auth layer".into()))
     }
 }
 

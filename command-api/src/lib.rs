@@ -10,13 +10,16 @@
 //! - [`command`]: pure rules: the six writes, their field validation into domain events, and the
 //!   envelope each becomes.
 //! - [`ids`]: command, event and new aggregate ids; derived from `Idempotency-Key` when sent.
-//! - [`extract`]: axum extractors for path ids, `If-Match`, `Idempotency-Key` and the JSON body.
-//! - [`routes`]: the handlers and the 202 answer.
+//! - [`auth`]: access tokens (HS256 JWTs): the keys, issuing at sign-up, verifying.
+//! - [`extract`]: axum extractors for path ids, `If-Match`, `Idempotency-Key`, the JSON body and
+//!   the authenticated caller.
+//! - [`routes`]: the handlers, the 202 answer and the layer that authenticates writes.
 //! - [`appender`]: the Kafka producer, topic creation and the readiness probe.
 //! - [`error`]: [`error::ApiError`], every failure and its problem+json answer.
 //! - here: [`Application`] (bind, run, graceful shutdown) and [`router`].
 
 pub mod appender;
+pub mod auth;
 pub mod command;
 pub mod config;
 pub mod error;
@@ -31,6 +34,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
+use axum::middleware;
 use axum::routing::{get, patch, post};
 use service_kit::metrics::Metrics;
 use tokio::net::TcpListener;
@@ -38,6 +42,7 @@ use tokio::net::TcpListener;
 pub use config::{Config, LogFormat};
 
 use crate::appender::Appender;
+use crate::auth::{Keys, Tokens};
 use crate::command::routes as paths;
 use crate::extract::BODY_LIMIT;
 
@@ -45,14 +50,18 @@ use crate::extract::BODY_LIMIT;
 #[derive(Debug, Clone)]
 pub struct AppState {
     pub appender: Arc<Appender>,
+    pub tokens: Arc<Tokens>,
     pub metrics: Metrics,
 }
 
 /// The service's routes, with the layers every service of the system has.
 pub fn router(state: AppState) -> Router {
     let metrics = state.metrics.clone();
-    let writes = Router::new()
-        .route(paths::USERS, post(routes::register_user))
+    // Every write under a user's path is that user's: the route layer authenticates the caller
+    // and checks the path's user (401, 400, 403) before the handler's extractors look at
+    // anything else, the body included. A route added here is protected without a second
+    // thought; its handler's `Caller` extractor fails (500) if it ever is not.
+    let owned = Router::new()
         .route(
             paths::USER,
             patch(routes::update_profile).delete(routes::delete_user),
@@ -62,10 +71,16 @@ pub fn router(state: AppState) -> Router {
             paths::USER_POST,
             patch(routes::edit_post).delete(routes::delete_post),
         )
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            routes::require_path_user,
+        ));
+    // Sign-up is open: it is how a client gets its token. Rate limiting (429) will belong on
+    // both, as a `route_layer` too.
+    let writes = Router::new()
+        .route(paths::USERS, post(routes::register_user))
+        .merge(owned)
         .layer(DefaultBodyLimit::max(BODY_LIMIT));
-    // Authentication (401/403) and rate limiting (429) belong here, as `route_layer`s on
-    // `writes`: route layers run before the handlers' extractors, so an unauthenticated or
-    // throttled client is answered before its input is even looked at.
     let api = writes
         .route("/readyz", get(routes::readyz))
         .with_state(state);
@@ -88,10 +103,44 @@ impl std::fmt::Debug for Application {
     }
 }
 
+/// The keys and lifetime of access tokens, from the configuration; without keys, a random one
+/// for this process alone.
+///
+/// Why a random key rather than refusing to start: every way of running the stack starts with
+/// one command (`./dev up` gives a key of its own, kept in `.stack/`; docker compose passes
+/// `AUTH_KEYS` from the environment when set), the key is as strong as a configured one and
+/// never leaves the process, and what it costs is loud and harmless: tokens stop working when
+/// the process ends and on every other instance (401, sign up again), never a write by the
+/// wrong user. A deployment with more than one instance, or that must keep its users' tokens
+/// across restarts, sets `AUTH_KEYS`; the warning says so on every start.
+fn token_settings(config: &Config) -> anyhow::Result<Tokens> {
+    let keys = config.auth_keys()?;
+    let ttl = config.auth_token_ttl();
+    let keys = if keys.is_empty() {
+        let keys = Keys::generate("ephemeral")?;
+        tracing::warn!(
+            "AUTH_KEYS is not set: access tokens are signed with a random key of this process \
+             only. They stop working when it stops and are refused by every other instance. Set \
+             AUTH_KEYS (kid:secret, 32+ random bytes in hex or base64) to keep them."
+        );
+        keys
+    } else {
+        keys
+    };
+    let tokens = Tokens::new(keys, ttl)?;
+    tracing::info!(
+        kids = ?tokens.kids(),
+        ttl_secs = ttl.map(|t| t.as_secs()),
+        "access tokens: signed with the first key, verified with any"
+    );
+    Ok(tokens)
+}
+
 impl Application {
-    /// Creates the topic if needed (waiting for the broker up to the start-up timeout), the
-    /// producer, and binds the listener (port 0 picks a free port).
+    /// Checks the token settings, creates the topic if needed (waiting for the broker up to the
+    /// start-up timeout), the producer, and binds the listener (port 0 picks a free port).
     pub async fn build(config: Config) -> anyhow::Result<Application> {
+        let tokens = Arc::new(token_settings(&config)?);
         appender::ensure_topic(&config).await?;
         let appender = Arc::new(Appender::new(&config)?);
         let listener = TcpListener::bind(config.addr)
@@ -102,6 +151,7 @@ impl Application {
             .context("the listener has no local address")?;
         let state = AppState {
             appender: Arc::clone(&appender),
+            tokens,
             metrics: Metrics::default(),
         };
         Ok(Application {

@@ -1,9 +1,11 @@
 //! The handlers: each turns its request into a [`Write`] and an event, and [`accept`] does the
-//! rest the same way for all six.
+//! rest the same way for all six. [`require_path_user`] authenticates the five writes under a
+//! user's path before their handlers run.
 
 use axum::Json;
-use axum::extract::State;
+use axum::extract::{FromRequestParts, Request, State};
 use axum::http::{HeaderName, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
 use events::{ConsistencyToken, Event};
@@ -11,25 +13,75 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use crate::AppState;
+use crate::auth;
 use crate::command::{self, Write};
 use crate::error::ApiError;
-use crate::extract::{ExpectedVersion, IdempotencyKey, JsonBody, PostPath, UserPath};
+use crate::extract::{Caller, ExpectedVersion, IdempotencyKey, JsonBody, PostPath, UserPath};
 
 pub const CONSISTENCY_TOKEN: HeaderName = HeaderName::from_static("consistency-token");
 
-/// `POST /v1/users`
+/// The route layer of every write under `/v1/users/{user_id}`: the bearer token must be valid
+/// (else 401), the path's user id well-formed (else 400: there is nothing to compare with) and
+/// the token's user (else 403). Only then does the handler run, and with it every other check
+/// (the post id, `If-Match`, `Idempotency-Key`, then the body: 415, 413, 400, 422), so a client
+/// that may not write here learns nothing about its input and costs no body read.
+pub async fn require_path_user(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let (mut parts, body) = request.into_parts();
+    let outcome = match state.tokens.authenticate(&parts.headers, auth::unix_now()) {
+        Err(failure) => Err(ApiError::Unauthenticated(failure)),
+        Ok(caller) => match UserPath::from_request_parts(&mut parts, &state).await {
+            Err(error) => Err(error),
+            Ok(UserPath { user_id }) if user_id != caller => {
+                Err(ApiError::Forbidden { path_user: user_id })
+            }
+            Ok(_) => Ok(Caller(caller)),
+        },
+    };
+    let refused = match &outcome {
+        Err(ApiError::Unauthenticated(failure)) => Some(failure.label()),
+        Err(ApiError::Forbidden { .. }) => Some("forbidden"),
+        _ => None,
+    };
+    if let Some(reason) = refused {
+        state.metrics.count(
+            "command_auth_refusals_total",
+            "Writes refused for their bearer token: 401 by reason, or 403 (forbidden).",
+            vec![("reason", reason.to_owned())],
+            1,
+        );
+    }
+    match outcome {
+        Ok(caller) => {
+            parts.extensions.insert(caller);
+            next.run(Request::from_parts(parts, body)).await
+        }
+        Err(error) => error.into_response(),
+    }
+}
+
+/// `POST /v1/users`: open, and its answer carries the new user's access token.
 pub async fn register_user(
     State(state): State<AppState>,
     IdempotencyKey(key): IdempotencyKey,
     JsonBody(body): JsonBody,
 ) -> Result<Accepted, ApiError> {
     let event = command::register_user(body).map_err(ApiError::Validation)?;
-    accept(&state, Write::RegisterUser, event, key, None).await
+    let mut accepted = accept(&state, None, Write::RegisterUser, event, key, None).await?;
+    // Issued only once the user's registration is in the log. A retry with the same
+    // Idempotency-Key names the same user, so it gets a token for it too: for sign-ups the key
+    // is as good as the token, which is why it must be unguessable (README, Authentication).
+    accepted.access_token = Some(state.tokens.issue(accepted.aggregate_id, auth::unix_now()));
+    Ok(accepted)
 }
 
 /// `PATCH /v1/users/{user_id}`
 pub async fn update_profile(
     State(state): State<AppState>,
+    caller: Caller,
     UserPath { user_id }: UserPath,
     ExpectedVersion(expected_version): ExpectedVersion,
     IdempotencyKey(key): IdempotencyKey,
@@ -38,6 +90,7 @@ pub async fn update_profile(
     let event = command::update_profile(body).map_err(ApiError::Validation)?;
     accept(
         &state,
+        Some(caller),
         Write::UpdateProfile { user_id },
         event,
         key,
@@ -49,12 +102,14 @@ pub async fn update_profile(
 /// `DELETE /v1/users/{user_id}`; any body is ignored.
 pub async fn delete_user(
     State(state): State<AppState>,
+    caller: Caller,
     UserPath { user_id }: UserPath,
     ExpectedVersion(expected_version): ExpectedVersion,
     IdempotencyKey(key): IdempotencyKey,
 ) -> Result<Accepted, ApiError> {
     accept(
         &state,
+        Some(caller),
         Write::DeleteUser { user_id },
         Event::UserDeleted,
         key,
@@ -66,17 +121,20 @@ pub async fn delete_user(
 /// `POST /v1/users/{user_id}/posts`
 pub async fn publish_post(
     State(state): State<AppState>,
+    caller: Caller,
     UserPath { user_id }: UserPath,
     IdempotencyKey(key): IdempotencyKey,
     JsonBody(body): JsonBody,
 ) -> Result<Accepted, ApiError> {
     let event = command::publish_post(body).map_err(ApiError::Validation)?;
-    accept(&state, Write::PublishPost { user_id }, event, key, None).await
+    let write = Write::PublishPost { user_id };
+    accept(&state, Some(caller), write, event, key, None).await
 }
 
 /// `PATCH /v1/users/{user_id}/posts/{post_id}`
 pub async fn edit_post(
     State(state): State<AppState>,
+    caller: Caller,
     PostPath { user_id, post_id }: PostPath,
     ExpectedVersion(expected_version): ExpectedVersion,
     IdempotencyKey(key): IdempotencyKey,
@@ -85,6 +143,7 @@ pub async fn edit_post(
     let event = command::edit_post(body).map_err(ApiError::Validation)?;
     accept(
         &state,
+        Some(caller),
         Write::EditPost { user_id, post_id },
         event,
         key,
@@ -96,12 +155,21 @@ pub async fn edit_post(
 /// `DELETE /v1/users/{user_id}/posts/{post_id}`; any body is ignored.
 pub async fn delete_post(
     State(state): State<AppState>,
+    caller: Caller,
     PostPath { user_id, post_id }: PostPath,
     ExpectedVersion(expected_version): ExpectedVersion,
     IdempotencyKey(key): IdempotencyKey,
 ) -> Result<Accepted, ApiError> {
     let write = Write::DeletePost { user_id, post_id };
-    accept(&state, write, Event::PostDeleted, key, expected_version).await
+    accept(
+        &state,
+        Some(caller),
+        write,
+        Event::PostDeleted,
+        key,
+        expected_version,
+    )
+    .await
 }
 
 /// `GET /readyz`: 200 when the broker answers for the topic, else 503.
@@ -111,13 +179,27 @@ pub async fn readyz(State(state): State<AppState>) -> Result<&'static str, ApiEr
 }
 
 /// Gives the write its ids, wraps it in an envelope and appends it; 202 once the broker has it.
+///
+/// `caller` is the authenticated user (none for a sign-up). An `Idempotency-Key` is scoped to
+/// the caller: the write's scope is the path's user, which the auth layer made sure is the
+/// caller; this checks it once more, so that a route wired without the layer cannot share
+/// another user's keys.
 async fn accept(
     state: &AppState,
+    caller: Option<Caller>,
     write: Write,
     event: Event,
     idempotency_key: Option<String>,
     expected_version: Option<i64>,
 ) -> Result<Accepted, ApiError> {
+    let scope = write.idempotency_scope();
+    if caller.map_or(Uuid::nil(), |Caller(user)| user) != scope {
+        return Err(ApiError::Internal(format!(
+            "{} {}: the idempotency scope is not the caller",
+            write.method(),
+            write.route()
+        )));
+    }
     let ids = command::command_ids(write, &event, idempotency_key.as_deref(), expected_version);
     let envelope = command::envelope(
         write,
@@ -154,6 +236,7 @@ async fn accept(
         aggregate_id: envelope.aggregate_id,
         resource: command::resource_path(envelope.aggregate_type(), envelope.aggregate_id),
         token,
+        access_token: None,
     })
 }
 
@@ -164,6 +247,8 @@ pub struct Accepted {
     aggregate_id: Uuid,
     resource: String,
     token: ConsistencyToken,
+    /// A sign-up's token for the new user.
+    access_token: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -171,6 +256,8 @@ struct AcceptedBody {
     command_id: Uuid,
     aggregate_id: Uuid,
     consistency_token: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    access_token: Option<String>,
     links: Links,
 }
 
@@ -192,6 +279,7 @@ impl IntoResponse for Accepted {
             command_id: self.command_id,
             aggregate_id: self.aggregate_id,
             consistency_token: token,
+            access_token: self.access_token,
             links: Links {
                 status: status_path,
                 resource: self.resource,

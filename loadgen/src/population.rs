@@ -29,7 +29,9 @@ const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 /// Format tag of the population file, so a file from an incompatible release is refused.
 const FILE_FORMAT: &str = "loadgen-population/1";
 
-/// A user of the population. The token is there once the command API issues them (issue 5).
+/// A user of the population, with the access token its sign-up answered: every write of the user
+/// sends it. A file from before the command API issued tokens has none, and a writing run seeds
+/// anew rather than use it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct User {
     pub id: Uuid,

@@ -156,7 +156,16 @@ async fn obtain_population(
         && path.exists()
     {
         let population = Population::load(path)?;
-        if population::still_exists(&population, query, config.timeout).await? {
+        let tokenless = population.users.iter().any(|u| u.access_token.is_none());
+        if tokenless && config.read_share() < 1.0 {
+            // Every write needs its user's token; a file seeded before the command API issued
+            // them (or under keys it no longer has) cannot write.
+            eprintln!(
+                "the population of {} has users without access tokens, which writes need; \
+                 seeding a new one",
+                path.display()
+            );
+        } else if population::still_exists(&population, query, config.timeout).await? {
             eprintln!(
                 "using the population of {} ({} users, {} posts)",
                 path.display(),
@@ -164,11 +173,12 @@ async fn obtain_population(
                 population.posts.len()
             );
             return Ok((population, "file"));
+        } else {
+            eprintln!(
+                "the population of {} is not in this deployment's read model; seeding a new one",
+                path.display()
+            );
         }
-        eprintln!(
-            "the population of {} is not in this deployment's read model; seeding a new one",
-            path.display()
-        );
     }
     let plan = SeedPlan {
         users: config.users as usize,

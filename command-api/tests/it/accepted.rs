@@ -82,13 +82,15 @@ async fn each_of_the_six_writes_appends_its_event_and_answers_202() {
     assert_eq!(record.envelope.expected_version, None);
     assert_eq!(record.raw["type"], "user.registered");
     let user_id = user.aggregate_id;
+    let bearer = user.access_token().to_owned();
 
     // PATCH /v1/users/{user_id}, without a request id: one is made up.
     let (answer, patched, record) = write_and_check(
         &app,
         Req::new(Method::PATCH, format!("/v1/users/{user_id}"))
             .json(json!({"bio": ""}))
-            .header("if-match", "\"1\""),
+            .header("if-match", "\"1\"")
+            .bearer(&bearer),
     )
     .await;
     assert!(
@@ -114,7 +116,8 @@ async fn each_of_the_six_writes_appends_its_event_and_answers_202() {
         &app,
         Req::new(Method::POST, format!("/v1/users/{user_id}/posts"))
             .json(json!({"title": "Hello", "body": "First post 🦀"}))
-            .header("idempotency-key", "post-1"),
+            .header("idempotency-key", "post-1")
+            .bearer(&bearer),
     )
     .await;
     let post_id = post.aggregate_id;
@@ -154,7 +157,8 @@ async fn each_of_the_six_writes_appends_its_event_and_answers_202() {
             format!("/v1/users/{user_id}/posts/{post_id}"),
         )
         .json(json!({"title": "Hello again"}))
-        .header("if-match", "*"),
+        .header("if-match", "*")
+        .bearer(&bearer),
     )
     .await;
     assert_eq!(edited.aggregate_id, post_id);
@@ -177,7 +181,8 @@ async fn each_of_the_six_writes_appends_its_event_and_answers_202() {
             format!("/v1/users/{user_id}/posts/{post_id}"),
         )
         .raw_body("not json at all", Some("text/plain"))
-        .header("if-match", "\"2\""),
+        .header("if-match", "\"2\"")
+        .bearer(&bearer),
     )
     .await;
     assert_eq!(deleted_post.aggregate_id, post_id);
@@ -188,7 +193,7 @@ async fn each_of_the_six_writes_appends_its_event_and_answers_202() {
     // DELETE /v1/users/{user_id}
     let (_, deleted_user, record) = write_and_check(
         &app,
-        Req::new(Method::DELETE, format!("/v1/users/{user_id}")),
+        Req::new(Method::DELETE, format!("/v1/users/{user_id}")).bearer(&bearer),
     )
     .await;
     assert_eq!(deleted_user.aggregate_id, user_id);
@@ -220,10 +225,12 @@ async fn path_ids_in_upper_case_are_normalised_and_json_media_types_with_paramet
 
     let (_, accepted, record) = write_and_check(
         &app,
-        Req::new(Method::PATCH, format!("/v1/users/{upper}")).raw_body(
-            r#"{"display_name": "G"}"#,
-            Some("application/json; charset=UTF-8"),
-        ),
+        Req::new(Method::PATCH, format!("/v1/users/{upper}"))
+            .raw_body(
+                r#"{"display_name": "G"}"#,
+                Some("application/json; charset=UTF-8"),
+            )
+            .bearer(user.access_token()),
     )
     .await;
     assert_eq!(accepted.aggregate_id, user_id);
@@ -231,10 +238,12 @@ async fn path_ids_in_upper_case_are_normalised_and_json_media_types_with_paramet
 
     let (_, accepted, record) = write_and_check(
         &app,
-        Req::new(Method::POST, format!("/v1/users/{upper}/posts")).raw_body(
-            r#"{"title": "t", "body": "b"}"#,
-            Some("application/vnd.example+json"),
-        ),
+        Req::new(Method::POST, format!("/v1/users/{upper}/posts"))
+            .raw_body(
+                r#"{"title": "t", "body": "b"}"#,
+                Some("application/vnd.example+json"),
+            )
+            .bearer(user.access_token()),
     )
     .await;
     assert_eq!(record.envelope.partition_key, user_id);

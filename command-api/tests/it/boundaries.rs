@@ -40,13 +40,18 @@ async fn display_names_count_characters_not_bytes() {
 #[tokio::test]
 async fn post_bodies_count_bytes() {
     let app = spawn_shared_app().await;
-    let user_id = app.register_user("Author").await.aggregate_id;
-    let path = format!("/v1/users/{user_id}/posts");
+    let user = app.register_user("Author").await;
+    let path = format!("/v1/users/{}/posts", user.aggregate_id);
+    let post = |body: serde_json::Value| {
+        Req::new(Method::POST, &path)
+            .json(body)
+            .bearer(user.access_token())
+    };
 
     // 8192 two-byte characters: exactly 16384 bytes.
     let exact = "é".repeat(8192);
     let accepted = app
-        .send(Req::new(Method::POST, &path).json(json!({"title": "t", "body": exact})))
+        .send(post(json!({"title": "t", "body": exact})))
         .await
         .accepted();
     let record = read_record(&app.brokers, &app.topic, accepted.token).await;
@@ -56,18 +61,16 @@ async fn post_bodies_count_bytes() {
     );
 
     let answer = app
-        .send(
-            Req::new(Method::POST, &path).json(json!({"title": "t", "body": format!("{exact}x")})),
-        )
+        .send(post(json!({"title": "t", "body": format!("{exact}x")})))
         .await;
     assert_eq!(answer.error_fields(), ["body"]);
 
     let title = "ü".repeat(200);
-    app.send(Req::new(Method::POST, &path).json(json!({"title": title, "body": "b"})))
+    app.send(post(json!({"title": title, "body": "b"})))
         .await
         .accepted();
     let answer = app
-        .send(Req::new(Method::POST, &path).json(json!({"title": "ü".repeat(201), "body": "b"})))
+        .send(post(json!({"title": "ü".repeat(201), "body": "b"})))
         .await;
     assert_eq!(answer.error_fields(), ["title"]);
 }

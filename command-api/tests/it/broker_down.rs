@@ -3,12 +3,11 @@
 
 use std::time::{Duration, Instant};
 
-use command_api::Config;
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 use test_support::OwnBroker;
 
-use crate::helpers::{Accepted, Req, TestApp, spawn_app_with};
+use crate::helpers::{Accepted, Req, TestApp, config, spawn_app_with};
 
 fn sign_up() -> Req {
     Req::new(Method::POST, "/v1/users").json(json!({"display_name": "Ada"}))
@@ -36,9 +35,9 @@ async fn write_until_accepted(app: &TestApp, key: &str) -> Accepted {
 #[tokio::test]
 async fn writes_answer_503_while_the_broker_is_down_and_recover_when_it_is_back() {
     let mut broker = OwnBroker::start().await;
-    let mut config = Config::for_tests(
-        broker.brokers(),
-        test_support::unique_topic("command-api-down"),
+    let mut config = config(
+        &broker.brokers(),
+        &test_support::unique_topic("command-api-down"),
     );
     config.append_timeout_ms = 1000;
     let app = spawn_app_with(config).await;

@@ -1,8 +1,11 @@
 //! The harness: the real service on an ephemeral port, a real broker, HTTP over real sockets.
 
 use std::collections::BTreeMap;
+use std::sync::OnceLock;
 use std::time::Duration;
 
+use command_api::auth::{Keys, Tokens};
+use command_api::config::Secret;
 use command_api::{Application, Config};
 use events::{ConsistencyToken, Envelope};
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -21,6 +24,8 @@ pub struct TestApp {
     pub brokers: String,
     pub topic: String,
     pub client: reqwest::Client,
+    /// The keys and lifetime the app was started with, to mint tokens as it would.
+    pub tokens: Tokens,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<anyhow::Result<()>>>,
 }
@@ -35,11 +40,28 @@ pub async fn spawn_shared_app() -> TestApp {
 }
 
 pub async fn spawn_app(brokers: &str, topic: &str) -> TestApp {
-    spawn_app_with(Config::for_tests(brokers, topic)).await
+    spawn_app_with(config(brokers, topic)).await
+}
+
+/// The keys of this test process: random, made once, shared by every app it starts (as the
+/// instances of one deployment share theirs).
+pub fn test_keys() -> &'static Keys {
+    static KEYS: OnceLock<Keys> = OnceLock::new();
+    KEYS.get_or_init(|| Keys::generate("test").expect("randomness"))
+}
+
+/// Settings for an app on `brokers` and `topic` with [`test_keys`].
+pub fn config(brokers: &str, topic: &str) -> Config {
+    let mut config = Config::for_tests(brokers, topic);
+    config.auth_keys = Some(Secret(test_keys().to_setting()));
+    config
 }
 
 pub async fn spawn_app_with(config: Config) -> TestApp {
     service_kit::telemetry::init(service_kit::telemetry::LogFormat::Text);
+    let keys = config.auth_keys().expect("valid test keys");
+    assert!(!keys.is_empty(), "tests configure their keys");
+    let tokens = Tokens::new(keys, config.auth_token_ttl()).expect("keys");
     let brokers = config.kafka_brokers.clone();
     let topic = config.kafka_topic.clone();
     let application = Application::build(config)
@@ -55,6 +77,7 @@ pub async fn spawn_app_with(config: Config) -> TestApp {
         brokers,
         topic,
         client: test_support::http(),
+        tokens,
         shutdown: Some(shutdown),
         server: Some(server),
     }
@@ -112,6 +135,7 @@ impl Answer {
                 .as_str()
                 .expect("resource link")
                 .to_owned(),
+            access_token: self.body["access_token"].as_str().map(str::to_owned),
         }
     }
 
@@ -156,6 +180,17 @@ pub struct Accepted {
     pub aggregate_id: Uuid,
     pub token: ConsistencyToken,
     pub resource: String,
+    /// A sign-up's token for the new user.
+    pub access_token: Option<String>,
+}
+
+impl Accepted {
+    /// The access token of a sign-up's answer.
+    pub fn access_token(&self) -> &str {
+        self.access_token
+            .as_deref()
+            .expect("a sign-up answers with an access token")
+    }
 }
 
 /// One request to send; `body` goes with `Content-Type: application/json` unless the headers
@@ -197,6 +232,11 @@ impl Req {
         self.headers.push((name.to_owned(), value.into()));
         self
     }
+
+    /// `Authorization: Bearer {token}`.
+    pub fn bearer(self, token: &str) -> Req {
+        self.header("authorization", format!("Bearer {token}"))
+    }
 }
 
 impl TestApp {
@@ -230,6 +270,11 @@ impl TestApp {
 
     pub async fn get(&self, path: &str) -> Answer {
         self.send(Req::new(Method::GET, path)).await
+    }
+
+    /// A token for `user` as this app would issue it now (for users the test did not sign up).
+    pub fn token_for(&self, user: Uuid) -> String {
+        self.tokens.issue(user, command_api::auth::unix_now())
     }
 
     /// Signs up a user and returns the 202's parts.

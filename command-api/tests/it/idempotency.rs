@@ -34,13 +34,22 @@ async fn a_retry_gets_the_same_ids_from_any_instance() {
     assert_eq!(a.envelope.event_id, b.envelope.event_id);
     assert_eq!(a.envelope.event, b.envelope.event);
 
-    // Under another user's scope, the same key is another command.
+    // A retried sign-up names the same user, so its token is that user's too.
+    for retry in [&retry_same_instance, &retry_other_instance] {
+        let retried_token = first
+            .tokens
+            .verify(retry.access_token(), command_api::auth::unix_now());
+        assert_eq!(retried_token, Ok(original.aggregate_id));
+    }
+
+    // Under another user's scope (the caller's), the same key is another command.
     let user_id = original.aggregate_id;
     let other_user = first.register_user("Other").await.aggregate_id;
     let post = |user| {
         Req::new(Method::POST, format!("/v1/users/{user}/posts"))
             .json(json!({"title": "t", "body": "b"}))
             .header("idempotency-key", "sign-up-42")
+            .bearer(&first.token_for(user))
     };
     let mine = first.send(post(user_id)).await.accepted();
     let mine_again = second.send(post(user_id)).await.accepted();
@@ -81,6 +90,7 @@ async fn a_key_reused_with_another_request_names_the_same_resource_under_another
             .json(json!({"bio": bio}))
             .header("if-match", if_match)
             .header("idempotency-key", "patch-1")
+            .bearer(first.access_token())
     };
     let base = app.send(patch("\"1\"", "b")).await.accepted();
     assert_eq!(

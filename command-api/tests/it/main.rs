@@ -1,6 +1,7 @@
 //! Integration tests of the command API: the real service over HTTP, a real broker.
 
 mod accepted;
+mod auth;
 mod boundaries;
 mod broker_down;
 mod helpers;

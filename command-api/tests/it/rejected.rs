@@ -5,7 +5,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::helpers::{Req, spawn_shared_app};
+use crate::helpers::{Req, TestApp, spawn_shared_app};
 
 /// A JSON object body of exactly `len` bytes: one string field padded with `x`.
 pub fn padded_body(field: &str, len: usize) -> Vec<u8> {
@@ -20,6 +20,8 @@ struct Route {
     method: Method,
     /// The path with valid ids.
     path: String,
+    /// The path's user, whose token the route needs (none for the open sign-up).
+    user: Option<Uuid>,
     /// The path with each id replaced in turn by something that is not a hyphenated UUID.
     bad_paths: Vec<String>,
     /// A body that passes every rule, for routes that take one.
@@ -62,6 +64,7 @@ fn routes() -> Vec<Route> {
         Route {
             method: Method::POST,
             path: "/v1/users".into(),
+            user: None,
             bad_paths: vec![],
             valid_body: Some(json!({"display_name": "Ada"})),
             takes_if_match: false,
@@ -91,6 +94,7 @@ fn routes() -> Vec<Route> {
         Route {
             method: Method::PATCH,
             path: format!("/v1/users/{user}"),
+            user: Some(user),
             bad_paths: user_paths(""),
             valid_body: Some(json!({"bio": "b"})),
             takes_if_match: true,
@@ -112,6 +116,7 @@ fn routes() -> Vec<Route> {
         Route {
             method: Method::DELETE,
             path: format!("/v1/users/{user}"),
+            user: Some(user),
             bad_paths: user_paths(""),
             valid_body: None,
             takes_if_match: true,
@@ -120,6 +125,7 @@ fn routes() -> Vec<Route> {
         Route {
             method: Method::POST,
             path: format!("/v1/users/{user}/posts"),
+            user: Some(user),
             bad_paths: user_paths("/posts"),
             valid_body: Some(json!({"title": "t", "body": "b"})),
             takes_if_match: false,
@@ -141,6 +147,7 @@ fn routes() -> Vec<Route> {
         Route {
             method: Method::PATCH,
             path: format!("/v1/users/{user}/posts/{post}"),
+            user: Some(user),
             bad_paths: post_paths(),
             valid_body: Some(json!({"body": "b"})),
             takes_if_match: true,
@@ -159,6 +166,7 @@ fn routes() -> Vec<Route> {
         Route {
             method: Method::DELETE,
             path: format!("/v1/users/{user}/posts/{post}"),
+            user: Some(user),
             bad_paths: post_paths(),
             valid_body: None,
             takes_if_match: true,
@@ -167,11 +175,23 @@ fn routes() -> Vec<Route> {
     ]
 }
 
-/// A request to `route` that is valid apart from what the caller changes.
-fn valid_request(route: &Route) -> Req {
-    let req = Req::new(route.method.clone(), route.path.clone());
+/// A request to `route` that is valid apart from what the caller changes, with the token of the
+/// path's user: these cases are about what comes after authentication (`auth.rs` has the rest).
+fn valid_request(app: &TestApp, route: &Route) -> Req {
+    let req = authorized(
+        app,
+        route,
+        Req::new(route.method.clone(), route.path.clone()),
+    );
     match &route.valid_body {
         Some(body) => req.json(body.clone()),
+        None => req,
+    }
+}
+
+fn authorized(app: &TestApp, route: &Route, req: Req) -> Req {
+    match route.user {
+        Some(user) => req.bearer(&app.token_for(user)),
         None => req,
     }
 }
@@ -190,7 +210,7 @@ async fn every_client_mistake_on_every_write_route_is_a_problem_and_appends_noth
         };
 
         for bad_path in &route.bad_paths {
-            let mut req = valid_request(&route);
+            let mut req = valid_request(&app, &route);
             req.path = bad_path.clone();
             let answer = app.send(req).await;
             expect(StatusCode::BAD_REQUEST, bad_path, &answer);
@@ -205,7 +225,7 @@ async fn every_client_mistake_on_every_write_route_is_a_problem_and_appends_noth
             vec![b"one".to_vec(), b"two".to_vec()],
         ];
         for values in bad_keys {
-            let mut req = valid_request(&route);
+            let mut req = valid_request(&app, &route);
             for value in &values {
                 req = req.header("idempotency-key", value.clone());
             }
@@ -232,7 +252,7 @@ async fn every_client_mistake_on_every_write_route_is_a_problem_and_appends_noth
                 vec![""],
             ];
             for values in bad_if_match {
-                let mut req = valid_request(&route);
+                let mut req = valid_request(&app, &route);
                 for value in &values {
                     req = req.header("if-match", *value);
                 }
@@ -250,7 +270,8 @@ async fn every_client_mistake_on_every_write_route_is_a_problem_and_appends_noth
             continue;
         }
         let with_body = |body: Vec<u8>, content_type: Option<&str>| {
-            Req::new(route.method.clone(), route.path.clone()).raw_body(body, content_type)
+            let req = Req::new(route.method.clone(), route.path.clone());
+            authorized(&app, &route, req).raw_body(body, content_type)
         };
         let body_cases: Vec<(&str, Req, StatusCode)> = vec![
             (
@@ -412,7 +433,11 @@ async fn validation_answers_say_what_is_wrong() {
     );
 
     let answer = app
-        .send(Req::new(Method::PATCH, "/v1/users/42").json(json!({"bio": "b"})))
+        .send(
+            Req::new(Method::PATCH, "/v1/users/42")
+                .json(json!({"bio": "b"}))
+                .bearer(&app.token_for(Uuid::now_v7())),
+        )
         .await;
     let body = answer.problem(StatusCode::BAD_REQUEST);
     assert!(

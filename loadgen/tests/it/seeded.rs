@@ -89,6 +89,20 @@ async fn a_seeded_run_writes_as_its_users_and_measures_the_lag() {
     assert_eq!(again.parameters.population, "file");
     assert_eq!(api.ledger.lock().expect("ledger").registrations, 20);
     assert!(again.operations.iter().all(|op| op.errors == 0));
+
+    // Without its tokens (a file from before the command API issued them), the same population
+    // cannot write: a writing run seeds a new one rather than send writes bound to fail.
+    let mut tokenless = population;
+    for user in &mut tokenless.users {
+        user.access_token = None;
+    }
+    tokenless.save(&file, &api.url).expect("save");
+    let third = write_heavy_run(&api.url, file_arg).await;
+    assert_eq!(third.parameters.population, "seeded");
+    let ledger = api.ledger.lock().expect("ledger");
+    assert_eq!(ledger.registrations, 40);
+    assert_eq!(ledger.unauthorized, 0);
+    drop(ledger);
     let _ = std::fs::remove_dir_all(&dir);
 }
 

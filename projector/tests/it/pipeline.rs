@@ -3,7 +3,9 @@
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 
-use crate::stack::{Stack, command_api, projector, projector_config, query_api, write_to};
+use crate::stack::{
+    Stack, command_api, mint_token, projector, projector_config, query_api, write_to,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_created_user_is_visible_to_a_read_with_its_token() {
@@ -110,19 +112,29 @@ async fn a_stale_if_match_is_a_version_conflict_and_a_current_one_applies() {
 async fn writes_under_an_unknown_or_deleted_user_are_not_found() {
     let stack = Stack::start().await;
     let unknown = uuid::Uuid::now_v7();
+    // No sign-up made this user, so no client has its token; a valid one is minted.
+    let token = format!("Bearer {}", mint_token(&unknown.to_string()));
+    let auth = [("Authorization", token.as_str())];
     for accepted in [
         stack
             .write(
                 Method::PATCH,
                 &format!("/v1/users/{unknown}"),
                 Some(json!({"bio": "x"})),
-                &[],
+                &auth,
             )
             .await,
         stack
-            .write(Method::DELETE, &format!("/v1/users/{unknown}"), None, &[])
+            .write(Method::DELETE, &format!("/v1/users/{unknown}"), None, &auth)
             .await,
-        stack.publish(&unknown.to_string(), "ghost").await,
+        stack
+            .write(
+                Method::POST,
+                &format!("/v1/users/{unknown}/posts"),
+                Some(json!({"title": "ghost", "body": "b"})),
+                &auth,
+            )
+            .await,
     ] {
         assert_eq!(
             stack.decision(&accepted).await["reason"],

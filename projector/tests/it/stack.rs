@@ -1,10 +1,12 @@
 //! The whole stack for one test: a topic of its own on a broker, a database of its own, and the
 //! three services on ephemeral ports.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use clap::Parser;
+use command_api::auth::{Keys, Tokens};
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use reqwest::{Method, StatusCode};
@@ -36,6 +38,34 @@ fn shutdown_pair() -> (
     })
 }
 
+/// The signing keys of every command API of this test process: random, made once, shared (as
+/// the instances of one deployment share theirs), so a token works on any of them.
+fn auth_keys() -> &'static Keys {
+    static KEYS: OnceLock<Keys> = OnceLock::new();
+    KEYS.get_or_init(|| Keys::generate("test").expect("randomness"))
+}
+
+/// The access token of every user a sign-up through these helpers answered, by user id.
+fn access_tokens() -> &'static Mutex<HashMap<String, String>> {
+    static TOKENS: OnceLock<Mutex<HashMap<String, String>>> = OnceLock::new();
+    TOKENS.get_or_init(Mutex::default)
+}
+
+/// A valid token for `user`, minted with the test keys: for writes under a user that no sign-up
+/// made (a user the projector has never seen), which no client could otherwise send.
+pub fn mint_token(user: &str) -> String {
+    let user = user.parse().expect("a user id");
+    Tokens::new(auth_keys().clone(), None)
+        .expect("keys")
+        .issue(user, command_api::auth::unix_now())
+}
+
+/// The user id of a `/v1/users/{user_id}...` path, when there is one.
+fn path_user(path: &str) -> Option<&str> {
+    let rest = path.strip_prefix("/v1/users/")?;
+    Some(rest.split(['/', '?']).next().unwrap_or(rest)).filter(|id| !id.is_empty())
+}
+
 pub async fn command_api(brokers: &str, topic: &str) -> Running {
     let config = command_api::Config::parse_from([
         "command-api",
@@ -44,6 +74,7 @@ pub async fn command_api(brokers: &str, topic: &str) -> Running {
         &format!("--kafka-topic={topic}"),
         "--kafka-partitions=4",
         "--append-timeout-ms=5000",
+        &format!("--auth-keys={}", auth_keys().to_setting()),
     ]);
     let app = command_api::Application::build(config)
         .await
@@ -332,7 +363,9 @@ pub async fn write_to(
     Accepted::from_body(&answer)
 }
 
-/// Sends a write and returns whatever it answered.
+/// Sends a write and returns whatever it answered. A write under a user's path carries the
+/// token that user's sign-up answered (unless `headers` has an `Authorization` of its own), and
+/// a sign-up's token is kept for the user's later writes: tests write as the path's user.
 pub async fn send_write(
     client: &reqwest::Client,
     base: &str,
@@ -341,6 +374,7 @@ pub async fn send_write(
     body: Option<Value>,
     headers: &[(&str, &str)],
 ) -> (StatusCode, Value) {
+    let sign_up = method == Method::POST && path == "/v1/users";
     let mut request = client.request(method, format!("{base}{path}"));
     if let Some(body) = body {
         request = request.json(&body);
@@ -348,9 +382,33 @@ pub async fn send_write(
     for (k, v) in headers {
         request = request.header(*k, *v);
     }
+    let has_authorization = headers
+        .iter()
+        .any(|(k, _)| k.eq_ignore_ascii_case("authorization"));
+    if let Some(user) = path_user(path).filter(|_| !has_authorization) {
+        let token = access_tokens()
+            .lock()
+            .expect("the token map")
+            .get(user)
+            .cloned();
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+    }
     let response = request.send().await.expect("an answer, not a hang");
     let status = response.status();
-    (status, response.json().await.unwrap_or(Value::Null))
+    let answer = response.json().await.unwrap_or(Value::Null);
+    if sign_up && status == StatusCode::ACCEPTED {
+        let user = answer["aggregate_id"].as_str().expect("aggregate_id");
+        let token = answer["access_token"]
+            .as_str()
+            .expect("a sign-up's access_token");
+        access_tokens()
+            .lock()
+            .expect("the token map")
+            .insert(user.to_owned(), token.to_owned());
+    }
+    (status, answer)
 }
 
 impl Accepted {
