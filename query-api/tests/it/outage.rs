@@ -8,15 +8,20 @@ use test_support::{MIGRATOR, OwnPostgres, TestDb, unique_topic};
 use crate::helpers::{config, json_ok, problem, spawn_app_with};
 use crate::seed;
 
-#[tokio::test]
-async fn reads_answer_503_while_postgres_is_down_and_recover_without_a_restart() {
-    let pg = OwnPostgres::start().await;
-    let db = TestDb::create_on(&pg.admin_url()).await;
+/// `db` migrated, with Ada at offset 5 of partition 0 of a topic of its own.
+async fn ada_on(db: TestDb) -> (TestDb, sqlx::PgPool, String, uuid::Uuid) {
     let pool = db.pool().await;
     MIGRATOR.run(&pool).await.expect("migrate");
     let topic = unique_topic("query");
     let user_id = seed::user(&pool, "Ada", None, seed::at(0)).await;
     seed::advance_and_notify(&pool, &topic, 0, 5).await;
+    (db, pool, topic, user_id)
+}
+
+#[tokio::test]
+async fn reads_answer_503_while_postgres_is_down_and_recover_without_a_restart() {
+    let pg = OwnPostgres::start().await;
+    let (db, pool, topic, user_id) = ada_on(TestDb::create_on(&pg.admin_url()).await).await;
     let user_path = format!("/v1/users/{user_id}");
     let app = spawn_app_with(Config {
         db_acquire_timeout_ms: 500,
@@ -79,12 +84,7 @@ async fn reads_answer_503_while_postgres_is_down_and_recover_without_a_restart()
 
 #[tokio::test]
 async fn a_read_after_postgres_dropped_every_pooled_connection_is_answered() {
-    let db = TestDb::create().await;
-    let pool = db.pool().await;
-    MIGRATOR.run(&pool).await.expect("migrate");
-    let topic = unique_topic("query");
-    let user_id = seed::user(&pool, "Ada", None, seed::at(0)).await;
-    seed::advance_and_notify(&pool, &topic, 0, 5).await;
+    let (db, pool, topic, user_id) = ada_on(TestDb::create().await).await;
     let user_path = format!("/v1/users/{user_id}");
     let app = spawn_app_with(Config {
         cache_entries: 0,
