@@ -173,10 +173,7 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         tracing::info!(address = %self.address, topic = self.appender.topic(), "command API listening");
-        axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(shutdown)
-            .await
-            .context("the HTTP server failed")?;
+        service_kit::server::serve(self.listener, self.router, shutdown).await;
         self.appender.flush().await;
         tracing::info!("command API stopped");
         Ok(())

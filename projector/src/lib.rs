@@ -169,11 +169,10 @@ impl Application {
                 let _ = done_tx.send(result);
             })?;
         let stop = stopping.clone();
-        let http = axum::serve(listener, router).with_graceful_shutdown(async move {
+        let http = tokio::spawn(service_kit::server::serve(listener, router, async move {
             shutdown.await;
             stop.store(true, Ordering::Relaxed);
-        });
-        let http = tokio::spawn(async move { http.await });
+        }));
         let outcome = done_rx
             .await
             .unwrap_or_else(|_| Err("the consumer thread vanished".to_owned()));

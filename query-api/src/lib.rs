@@ -224,10 +224,7 @@ impl Application {
             poller,
         } = self;
         tracing::info!(addr = ?listener.local_addr().ok(), "query-api listening");
-        axum::serve(listener, router)
-            .with_graceful_shutdown(shutdown)
-            .await
-            .context("HTTP server failed")?;
+        service_kit::server::serve(listener, router, shutdown).await;
         drop(follower);
         drop(poller);
         Ok(())

@@ -7,6 +7,8 @@
 //! - [`problem`]: [`Problem`], the `application/problem+json` error body (RFC 9457).
 //! - [`http`]: [`http::with_common_layers`]: request ids, the request's span, latency histograms,
 //!   panics as 500 problems, 404/405 as problems, `/healthz` and `/metrics`.
+//! - [`server`]: [`server::serve`], the accept loop: hyper's HTTP/1.1 with a header read
+//!   timeout (which `axum::serve` cannot set) and a graceful shutdown.
 //! - [`metrics`]: a small Prometheus text registry: counters, gauges and histograms.
 //! - [`telemetry`]: logging set-up, human-readable or JSON.
 //! - [`shutdown`]: the future that resolves on Ctrl-C or SIGTERM.
@@ -14,6 +16,7 @@
 pub mod http;
 pub mod metrics;
 pub mod problem;
+pub mod server;
 pub mod shutdown;
 pub mod telemetry;
 

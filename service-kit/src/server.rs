@@ -1,0 +1,140 @@
+//! The HTTP server loop every service runs: axum's router on hyper's HTTP/1.1 connections, with
+//! a deadline on a request's headers and a graceful shutdown.
+//!
+//! `axum::serve` gives hyper no timer, and without one hyper never enforces a header read
+//! timeout: a client that opens connections and sends its headers a byte at a time (slowloris)
+//! holds each connection, and its task and buffers, for as long as it likes. Here a request's
+//! headers must be complete within [`HEADER_READ_TIMEOUT`] of its first byte (or of the
+//! connection, for the first request), or hyper closes the connection.
+
+use std::future::Future;
+use std::time::Duration;
+
+use axum::Router;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+
+/// How long a client may take to send a request's headers. Generous for any real client on any
+/// network; short enough that idle half-requests cannot pile up.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves `router` on `listener` until `shutdown` resolves, then stops accepting and waits for
+/// the requests in flight, as `axum::serve(..).with_graceful_shutdown(..)` does.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
+    serve_with(listener, router, shutdown, HEADER_READ_TIMEOUT).await;
+}
+
+/// [`serve`] with another header read timeout (the tests use a short one).
+pub async fn serve_with(
+    listener: TcpListener,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    header_read_timeout: Duration,
+) {
+    let mut connections = http1::Builder::new();
+    connections
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_read_timeout);
+    let graceful = GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(error) => {
+                    // Out of file descriptors, most likely: give connections time to close
+                    // rather than spin (axum::serve does the same).
+                    tracing::warn!(%error, "cannot accept a connection");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        // Answers are written whole; nothing gains from waiting to coalesce them.
+        let _ = stream.set_nodelay(true);
+        let service = TowerToHyperService::new(router.clone());
+        let connection =
+            graceful.watch(connections.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                // A client that went away or timed out: theirs, not ours.
+                tracing::debug!(%error, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::routing::get;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    async fn started(
+        header_read_timeout: Duration,
+    ) -> (std::net::SocketAddr, tokio::sync::oneshot::Sender<()>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("address");
+        let router = Router::new().route("/", get(|| async { "ok" }));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(serve_with(
+            listener,
+            router,
+            async move {
+                let _ = stopped.await;
+            },
+            header_read_timeout,
+        ));
+        (address, stop)
+    }
+
+    #[tokio::test]
+    async fn a_client_that_never_finishes_its_headers_is_disconnected() {
+        let (address, _stop) = started(Duration::from_millis(200)).await;
+        let mut slow = TcpStream::connect(address).await.expect("connect");
+        slow.write_all(b"GET / HTTP/1.1\r\nHost: test\r\n")
+            .await
+            .expect("half a request");
+        let mut rest = Vec::new();
+        // Waits for the server to close the connection; the bound only keeps a broken server
+        // from hanging the test.
+        // (A reset instead of an orderly close is as good.)
+        let _closed_or_reset =
+            tokio::time::timeout(Duration::from_secs(30), slow.read_to_end(&mut rest))
+                .await
+                .expect(
+                    "the server closes the connection of a client that never finishes its headers",
+                );
+        assert!(
+            !String::from_utf8_lossy(&rest).contains("200 OK"),
+            "no answer to half a request"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_complete_request_is_answered_and_the_server_stops_when_told() {
+        let (address, stop) = started(Duration::from_millis(200)).await;
+        let mut client = TcpStream::connect(address).await.expect("connect");
+        client
+            .write_all(b"GET / HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+            .await
+            .expect("request");
+        let mut answer = Vec::new();
+        client.read_to_end(&mut answer).await.expect("answer");
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
+        assert!(answer.ends_with("ok"), "{answer}");
+        stop.send(()).expect("the server is running");
+    }
+}
