@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 use test_support::OwnBroker;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
 
 use crate::helpers::{Req, TestApp, config, read_record, spawn_app_with};
 
@@ -106,6 +108,112 @@ async fn a_write_past_the_bound_is_shed_at_once_and_the_admitted_ones_land_once_
     assert_eq!(commands.len(), BOUND);
     // The permits came back with the acknowledgements.
     assert_eq!(metric(&app, "command_writes_in_flight").await, Some(0.0));
+    app.send(sign_up("after")).await.accepted();
+    broker.stop().await;
+}
+
+/// Sends a sign-up over a connection of its own and returns the connection without reading
+/// the answer, so that the test can hang up on it.
+async fn sign_up_and_leave_open(app: &TestApp, key: &str) -> TcpStream {
+    let address = app.address.trim_start_matches("http://");
+    let body = json!({"display_name": "Ada"}).to_string();
+    let request = format!(
+        "POST /v1/users HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/json\r\n\
+         Idempotency-Key: {key}\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let mut stream = TcpStream::connect(address).await.expect("connects");
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .expect("the request is sent");
+    stream
+}
+
+/// How many of the server's sockets on `server_port` still talk to one of `client_ports`, from
+/// /proc/net/tcp (IPv4: the service listens on 127.0.0.1).
+fn server_sockets_of(server_port: u16, client_ports: &[u16]) -> usize {
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
+    let port_of = |address: &str| {
+        address
+            .rsplit(':')
+            .next()
+            .and_then(|hex| u16::from_str_radix(hex, 16).ok())
+    };
+    table
+        .lines()
+        .skip(1)
+        .filter(|line| {
+            let mut fields = line.split_whitespace().skip(1);
+            let (local, remote) = (
+                fields.next().and_then(port_of),
+                fields.next().and_then(port_of),
+            );
+            local == Some(server_port) && remote.is_some_and(|p| client_ports.contains(&p))
+        })
+        .count()
+}
+
+#[tokio::test]
+async fn a_write_whose_client_hung_up_still_counts_until_the_broker_answers_it() {
+    let mut broker = OwnBroker::start().await;
+    let mut config = config(
+        &broker.brokers(),
+        &test_support::unique_topic("command-api-backpressure-gone"),
+    );
+    config.max_in_flight_writes = BOUND as u32;
+    config.append_timeout_ms = 60_000;
+    let app = spawn_app_with(config).await;
+    app.send(sign_up("before")).await.accepted();
+    let before = app.end_offset_sum().await;
+    broker.pause();
+
+    let mut streams = Vec::new();
+    for i in 0..BOUND {
+        streams.push(sign_up_and_leave_open(&app, &format!("gone-{i}")).await);
+    }
+    wait_for_in_flight(&app, BOUND).await;
+    let client_ports: Vec<u16> = streams
+        .iter()
+        .map(|s| s.local_addr().expect("a local address").port())
+        .collect();
+    // Hanging up sends each connection's FIN now; the server closes its end only once it has
+    // dropped the request, handler and all. Its sockets going away is that signal (polled,
+    // with a bound: there is no other).
+    drop(streams);
+    let server_port: u16 = app
+        .address
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("a port");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while server_sockets_of(server_port, &client_ports) > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the server never closed the connections its clients left"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    // The records are still in the producer's queue, so their writes still count.
+    assert_eq!(
+        metric(&app, "command_writes_in_flight").await,
+        Some(BOUND as f64)
+    );
+    let shed = tokio::time::timeout(Duration::from_secs(10), app.send(sign_up("shed")))
+        .await
+        .expect("the write past the bound is answered at once, not held");
+    assert_eq!(
+        shed.problem(StatusCode::SERVICE_UNAVAILABLE)["type"],
+        "/problems/overloaded"
+    );
+
+    // Once the broker answers, the abandoned writes are acknowledged (nobody hears it) and
+    // their permits come back.
+    broker.unpause();
+    wait_for_in_flight(&app, 0).await;
+    assert_eq!(app.end_offset_sum().await, before + BOUND as i64);
     app.send(sign_up("after")).await.accepted();
     broker.stop().await;
 }
