@@ -43,6 +43,14 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(100..))]
     pub append_timeout_ms: u64,
 
+    /// Most writes waiting for the broker's acknowledgement at once. A write that finds this
+    /// many in flight is answered 503 (`/problems/overloaded`, `Retry-After`) at once, and
+    /// nothing is appended. The default is about twice the writes in flight at the seed
+    /// workload's peak (README, Back-pressure).
+    #[arg(long, env = "MAX_IN_FLIGHT_WRITES", default_value_t = 4096,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_in_flight_writes: u32,
+
     /// How long start-up keeps trying to reach the broker (to create the topic) before it
     /// gives up.
     #[arg(long, env = "KAFKA_STARTUP_TIMEOUT_MS", default_value_t = 30_000,
@@ -94,6 +102,7 @@ impl Config {
             kafka_partitions: 4,
             kafka_replication_factor: 1,
             append_timeout_ms: 5000,
+            max_in_flight_writes: 4096,
             kafka_startup_timeout_ms: 30_000,
             auth_keys: None,
             auth_token_ttl_secs: None,
@@ -151,6 +160,8 @@ mod tests {
             "3",
             "--append-timeout-ms",
             "250",
+            "--max-in-flight-writes",
+            "8",
             "--log-format",
             "json",
         ])
@@ -158,11 +169,13 @@ mod tests {
         assert_eq!(config.addr.port(), 9000);
         assert_eq!(config.kafka_partitions, 3);
         assert_eq!(config.append_timeout(), Duration::from_millis(250));
+        assert_eq!(config.max_in_flight_writes, 8);
         assert_eq!(config.log_format, LogFormat::Json);
 
         for bad in [
             ["--kafka-partitions", "0"],
             ["--append-timeout-ms", "99"],
+            ["--max-in-flight-writes", "0"],
             ["--log-format", "xml"],
             ["--auth-token-ttl-secs", "0"],
             ["--auth-token-ttl-secs", "soon"],

@@ -11,6 +11,7 @@ use uuid::Uuid;
 
 use crate::appender::{AppendError, NotReady, READINESS_TIMEOUT};
 use crate::auth::AuthFailure;
+use crate::backpressure::Overloaded;
 
 /// The protection space of `WWW-Authenticate` (RFC 9110 §11.5): one for all writes.
 pub const REALM: &str = "user-data";
@@ -48,6 +49,9 @@ pub enum ApiError {
     Append(#[from] AppendError),
     #[error("not ready: {0}")]
     NotReady(#[from] NotReady),
+    /// The bound on writes in flight is reached: shed at once, nothing appended.
+    #[error("overloaded: {0}")]
+    Overloaded(#[from] Overloaded),
     /// A bug of ours, such as a route without the parameter its handler reads.
     #[error("internal error: {0}")]
     Internal(String),
@@ -67,7 +71,9 @@ impl ApiError {
             ApiError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            ApiError::Append(_) | ApiError::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Append(_) | ApiError::NotReady(_) | ApiError::Overloaded(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -102,6 +108,18 @@ impl ApiError {
                  recorded; retry with the same Idempotency-Key, which is always safe",
                 APPEND_RETRY_AFTER_SECS,
             ),
+            // A type of its own, unlike the other 503s: this write was certainly not recorded,
+            // so a client may retry it with or without its Idempotency-Key, and a load
+            // balancer may tell an instance that sheds load from one whose broker is down.
+            ApiError::Overloaded(_) => Problem {
+                kind: "overloaded",
+                title: "Overloaded",
+                ..Problem::unavailable(
+                    "the write was not appended: too many writes are waiting for the event log; \
+                     retry later",
+                    APPEND_RETRY_AFTER_SECS,
+                )
+            },
             ApiError::NotReady(_) => Problem::unavailable(
                 "the event log is unreachable",
                 service_kit::http::retry_after_secs(READINESS_TIMEOUT),
@@ -118,6 +136,9 @@ impl IntoResponse for ApiError {
             ApiError::Append(_) | ApiError::NotReady(_) => {
                 tracing::warn!(error = %self, "dependency unavailable")
             }
+            // Under overload every shed write would log a line, adding to the load; the
+            // counter `command_writes_shed_total` says it instead.
+            ApiError::Overloaded(_) => tracing::debug!(error = %self, "write shed"),
             _ => tracing::debug!(error = %self, "request rejected"),
         }
         let mut response = self.to_problem().into_response();
@@ -162,6 +183,16 @@ mod tests {
             problem.detail
         );
         assert!(!problem.detail.contains("Canceled"), "{}", problem.detail);
+    }
+
+    #[test]
+    fn a_shed_write_is_a_503_overloaded_with_retry_after() {
+        let response = ApiError::Overloaded(Overloaded { limit: 3 }).into_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "1");
+        let problem = ApiError::Overloaded(Overloaded { limit: 3 }).to_problem();
+        assert_eq!(problem.kind, "overloaded");
+        assert!(!problem.detail.contains('3'), "{}", problem.detail);
     }
 
     #[test]

@@ -15,11 +15,13 @@
 //!   the authenticated caller.
 //! - [`routes`]: the handlers, the 202 answer and the layer that authenticates writes.
 //! - [`appender`]: the Kafka producer, topic creation and the readiness probe.
+//! - [`backpressure`]: the bound on writes waiting for the broker, and the 503 past it.
 //! - [`error`]: [`error::ApiError`], every failure and its problem+json answer.
 //! - here: [`Application`] (bind, run, graceful shutdown) and [`router`].
 
 pub mod appender;
 pub mod auth;
+pub mod backpressure;
 pub mod command;
 pub mod config;
 pub mod error;
@@ -43,6 +45,7 @@ pub use config::{Config, LogFormat};
 
 use crate::appender::Appender;
 use crate::auth::{Keys, Tokens};
+use crate::backpressure::InFlightWrites;
 use crate::command::routes as paths;
 use crate::extract::BODY_LIMIT;
 
@@ -50,6 +53,7 @@ use crate::extract::BODY_LIMIT;
 #[derive(Debug, Clone)]
 pub struct AppState {
     pub appender: Arc<Appender>,
+    pub in_flight: Arc<InFlightWrites>,
     pub tokens: Arc<Tokens>,
     pub metrics: Metrics,
 }
@@ -149,10 +153,13 @@ impl Application {
         let address = listener
             .local_addr()
             .context("the listener has no local address")?;
+        let metrics = Metrics::default();
+        let in_flight = InFlightWrites::new(config.max_in_flight_writes as usize, &metrics);
         let state = AppState {
             appender: Arc::clone(&appender),
+            in_flight,
             tokens,
-            metrics: Metrics::default(),
+            metrics,
         };
         Ok(Application {
             listener,

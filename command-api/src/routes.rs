@@ -9,6 +9,8 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
 use events::{ConsistencyToken, Event};
+use std::sync::Arc;
+
 use serde::Serialize;
 use uuid::Uuid;
 
@@ -209,20 +211,37 @@ async fn accept(
         expected_version,
         Utc::now(),
     );
-    let appended = state.appender.append(&envelope).await;
-    let outcome = match &appended {
-        Ok(_) => "appended",
-        Err(error) => error.outcome(),
+    // After every check of the request, so that a bad request gets its 4xx under load too;
+    // before the append, so that a shed write appends nothing.
+    let permit = state.in_flight.try_admit()?;
+    // The append runs in a task of its own that holds the permit: if the client goes away,
+    // axum drops this future, but the record is in the producer's queue all the same and
+    // must count against the bound until its delivery report (bounded by the append timeout)
+    // resolves it.
+    let appending = {
+        let (appender, metrics) = (Arc::clone(&state.appender), state.metrics.clone());
+        tokio::spawn(async move {
+            let appended = appender.append(&envelope).await;
+            drop(permit);
+            let outcome = match &appended {
+                Ok(_) => "appended",
+                Err(error) => error.outcome(),
+            };
+            metrics.count(
+                "command_appends_total",
+                "Events the command API tried to append, by event type and outcome.",
+                vec![
+                    ("type", envelope.type_name().to_owned()),
+                    ("outcome", outcome.to_owned()),
+                ],
+                1,
+            );
+            (envelope, appended)
+        })
     };
-    state.metrics.count(
-        "command_appends_total",
-        "Events the command API tried to append, by event type and outcome.",
-        vec![
-            ("type", envelope.type_name().to_owned()),
-            ("outcome", outcome.to_owned()),
-        ],
-        1,
-    );
+    let (envelope, appended) = appending.await.map_err(|join_error| {
+        ApiError::Internal(format!("the append task failed: {join_error}"))
+    })?;
     let token = appended?;
     tracing::info!(
         command_id = %envelope.command_id,

@@ -220,6 +220,33 @@ impl OwnBroker {
             .expect("broker starts");
     }
 
+    /// Freezes the broker process (SIGSTOP): its sockets stay open and the kernel still takes
+    /// what clients send, but nothing is answered until [`OwnBroker::unpause`]. A broker that
+    /// is slow rather than down, with nothing lost: a test decides when it answers.
+    pub fn pause(&self) {
+        self.signal("STOP");
+    }
+
+    /// Lets a paused broker go on (SIGCONT); it answers what arrived meanwhile.
+    pub fn unpause(&self) {
+        self.signal("CONT");
+    }
+
+    /// Sends a signal with kill(1), which spares the crate a libc dependency for two calls.
+    fn signal(&self, name: &str) {
+        let pid = self
+            .child
+            .as_ref()
+            .and_then(Child::id)
+            .expect("the broker is running");
+        let status = std::process::Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(pid.to_string())
+            .status()
+            .expect("kill(1) runs");
+        assert!(status.success(), "kill -{name} {pid}: {status}");
+    }
+
     /// Kills the broker process; its data stays.
     pub async fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {

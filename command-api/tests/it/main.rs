@@ -2,6 +2,7 @@
 
 mod accepted;
 mod auth;
+mod backpressure;
 mod boundaries;
 mod broker_down;
 mod helpers;
