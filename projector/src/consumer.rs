@@ -239,6 +239,10 @@ impl Projector {
                 (config.kafka_session_timeout_ms / 3).max(500).to_string(),
             )
             .set("fetch.wait.max.ms", config.kafka_fetch_wait_ms.to_string())
+            // What a projector that is far behind holds in memory: librdkafka prefetches up to
+            // this much (64 MiB by default) and we take a batch at a time from it, so catching
+            // up on any backlog costs this plus one batch, not the backlog.
+            .set("queued.max.messages.kbytes", "16384")
             .create_with_context(context)?;
         let projector = Projector {
             consumer,
