@@ -74,7 +74,7 @@ impl WriteLimits {
     /// `rate` writes a second with bursts of `burst`; either 0 turns limits off. The refusal
     /// counter is registered in `metrics`.
     pub fn new(rate: u32, burst: u32, metrics: &Metrics) -> Arc<WriteLimits> {
-        let limits = Arc::new(WriteLimits::unregistered(rate, burst));
+        let limits = Arc::new(WriteLimits::unregistered(f64::from(rate), burst));
         // A weak reference, so the metrics never keep dropped limits alive.
         let weak = Arc::downgrade(&limits);
         metrics.sampled_counter(
@@ -95,9 +95,11 @@ impl WriteLimits {
         limits
     }
 
-    fn unregistered(rate: u32, burst: u32) -> WriteLimits {
+    /// The rate is a float here, although the setting is whole writes a second, so that the
+    /// tests can check waits longer than a second (a whole rate never makes one).
+    fn unregistered(rate: f64, burst: u32) -> WriteLimits {
         WriteLimits {
-            settings: (rate > 0 && burst > 0).then_some((f64::from(rate), f64::from(burst))),
+            settings: (rate > 0.0 && burst > 0).then_some((rate, f64::from(burst))),
             buckets: Mutex::new(Buckets {
                 map: HashMap::new(),
                 sweep_at: MIN_SWEEP_AT,
@@ -186,7 +188,7 @@ mod tests {
 
     #[test]
     fn a_burst_is_admitted_then_the_next_write_is_refused_and_other_clients_are_not() {
-        let limits = WriteLimits::unregistered(2, 3);
+        let limits = WriteLimits::unregistered(2.0, 3);
         let t0 = Instant::now();
         for _ in 0..3 {
             limits.check(ADA, t0).expect("within the burst");
@@ -206,7 +208,7 @@ mod tests {
 
     #[test]
     fn tokens_refill_at_the_rate_up_to_the_burst() {
-        let limits = WriteLimits::unregistered(2, 3);
+        let limits = WriteLimits::unregistered(2.0, 3);
         let t0 = Instant::now();
         for _ in 0..3 {
             limits.check(ADA, t0).expect("within the burst");
@@ -227,13 +229,13 @@ mod tests {
     #[test]
     fn retry_after_is_whole_seconds_rounded_up_and_at_least_one() {
         // One token every 1/20 s: the wait is 50 ms, answered as 1 s.
-        let fast = WriteLimits::unregistered(20, 1);
+        let fast = WriteLimits::unregistered(20.0, 1);
         let t0 = Instant::now();
         fast.check(ADA, t0).expect("the burst");
         assert_eq!(fast.check(ADA, t0).map_err(|e| e.retry_after_secs), Err(1));
 
         // A rate of 1/s: an empty bucket 300 ms after its last token waits 0.7 s, so 1.
-        let slow = WriteLimits::unregistered(1, 1);
+        let slow = WriteLimits::unregistered(1.0, 1);
         slow.check(ADA, t0).expect("the burst");
         assert_eq!(
             slow.check(ADA, t0 + ms(300))
@@ -243,14 +245,30 @@ mod tests {
         // Waiting as told finds a token.
         slow.check(ADA, t0 + ms(300) + Duration::from_secs(1))
             .expect("the retry after Retry-After is admitted");
+
+        // One token every 2.5 s: 2.5 s is answered as 3, and 1 s later the wait is 1.5 s, so 2.
+        let slower = WriteLimits::unregistered(0.4, 1);
+        slower.check(ADA, t0).expect("the burst");
+        assert_eq!(
+            slower.check(ADA, t0).map_err(|e| e.retry_after_secs),
+            Err(3)
+        );
+        let later = t0 + Duration::from_secs(1);
+        assert_eq!(
+            slower.check(ADA, later).map_err(|e| e.retry_after_secs),
+            Err(2)
+        );
+        slower
+            .check(ADA, later + Duration::from_secs(2))
+            .expect("the retry after Retry-After is admitted");
     }
 
     #[test]
     fn zero_turns_limits_off() {
         let t0 = Instant::now();
         for limits in [
-            WriteLimits::unregistered(0, 40),
-            WriteLimits::unregistered(20, 0),
+            WriteLimits::unregistered(0.0, 40),
+            WriteLimits::unregistered(20.0, 0),
         ] {
             for _ in 0..1000 {
                 limits.check(ADA, t0).expect("no limit");
@@ -261,7 +279,7 @@ mod tests {
 
     #[test]
     fn buckets_of_idle_clients_are_swept_when_the_map_grows() {
-        let limits = WriteLimits::unregistered(10, 2);
+        let limits = WriteLimits::unregistered(10.0, 2);
         let t0 = Instant::now();
         limits.check(ADA, t0).expect("first write");
         limits.check(ADA, t0).expect("second write");
