@@ -67,8 +67,10 @@ pub async fn serve_with(
         };
         // Answers are written whole; nothing gains from waiting to coalesce them.
         let _ = stream.set_nodelay(true);
-        // The peer address is set once per connection; each request gets a copy of it (a
-        // `SocketAddr`, no allocation of its own) in the extensions axum already keeps.
+        // The layer is made once per connection, around the router clone each connection
+        // already had; a request gets a copy of the `SocketAddr` in its extensions, which box
+        // it (one small allocation, as `into_make_service_with_connect_info` costs, in the map
+        // axum's and tower-http's own extensions need anyway).
         let service = TowerToHyperService::new(
             Extension(ConnectInfo::<SocketAddr>(peer)).layer(router.clone()),
         );
