@@ -51,6 +51,19 @@ pub struct Config {
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_in_flight_writes: u32,
 
+    /// Writes a second each client may make on average: the authenticated user for every write
+    /// but sign-up, the peer IP for sign-ups. Past it (and the burst), 429
+    /// (`/problems/rate-limited`, `Retry-After`) and nothing is appended. 0 turns limits off.
+    #[arg(long, env = "WRITE_RATE_PER_SEC", default_value_t = 20,
+          value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
+    pub write_rate_per_sec: u32,
+
+    /// Writes each client may make at once before `WRITE_RATE_PER_SEC` applies. 0 turns
+    /// limits off.
+    #[arg(long, env = "WRITE_BURST", default_value_t = 40,
+          value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
+    pub write_burst: u32,
+
     /// How long start-up keeps trying to reach the broker (to create the topic) before it
     /// gives up.
     #[arg(long, env = "KAFKA_STARTUP_TIMEOUT_MS", default_value_t = 30_000,
@@ -103,6 +116,8 @@ impl Config {
             kafka_replication_factor: 1,
             append_timeout_ms: 5000,
             max_in_flight_writes: 4096,
+            write_rate_per_sec: 20,
+            write_burst: 40,
             kafka_startup_timeout_ms: 30_000,
             auth_keys: None,
             auth_token_ttl_secs: None,
@@ -162,6 +177,10 @@ mod tests {
             "250",
             "--max-in-flight-writes",
             "8",
+            "--write-rate-per-sec",
+            "0",
+            "--write-burst",
+            "5",
             "--log-format",
             "json",
         ])
@@ -170,12 +189,15 @@ mod tests {
         assert_eq!(config.kafka_partitions, 3);
         assert_eq!(config.append_timeout(), Duration::from_millis(250));
         assert_eq!(config.max_in_flight_writes, 8);
+        assert_eq!((config.write_rate_per_sec, config.write_burst), (0, 5));
         assert_eq!(config.log_format, LogFormat::Json);
 
         for bad in [
             ["--kafka-partitions", "0"],
             ["--append-timeout-ms", "99"],
             ["--max-in-flight-writes", "0"],
+            ["--write-rate-per-sec", "-1"],
+            ["--write-burst", "lots"],
             ["--log-format", "xml"],
             ["--auth-token-ttl-secs", "0"],
             ["--auth-token-ttl-secs", "soon"],

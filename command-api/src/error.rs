@@ -12,6 +12,7 @@ use uuid::Uuid;
 use crate::appender::{AppendError, NotReady, READINESS_TIMEOUT};
 use crate::auth::AuthFailure;
 use crate::backpressure::Overloaded;
+use crate::ratelimit::RateLimited;
 
 /// The protection space of `WWW-Authenticate` (RFC 9110 §11.5): one for all writes.
 pub const REALM: &str = "user-data";
@@ -52,6 +53,9 @@ pub enum ApiError {
     /// The bound on writes in flight is reached: shed at once, nothing appended.
     #[error("overloaded: {0}")]
     Overloaded(#[from] Overloaded),
+    /// The client is over its write rate limit: 429, nothing appended.
+    #[error("{0}")]
+    RateLimited(#[from] RateLimited),
     /// A bug of ours, such as a route without the parameter its handler reads.
     #[error("internal error: {0}")]
     Internal(String),
@@ -68,6 +72,7 @@ impl ApiError {
             | ApiError::MalformedIdempotencyKey => StatusCode::BAD_REQUEST,
             ApiError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden { .. } => StatusCode::FORBIDDEN,
+            ApiError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
@@ -94,6 +99,10 @@ impl ApiError {
             }
             ApiError::Unauthenticated(_) => client_error("unauthenticated", "Unauthenticated"),
             ApiError::Forbidden { .. } => client_error("forbidden", "Forbidden"),
+            ApiError::RateLimited(limited) => Problem {
+                retry_after: Some(limited.retry_after_secs),
+                ..client_error("rate-limited", "Too many requests")
+            },
             ApiError::MalformedIfMatch => client_error("malformed-if-match", "Malformed If-Match"),
             ApiError::MalformedIdempotencyKey => {
                 client_error("malformed-idempotency-key", "Malformed Idempotency-Key")
@@ -139,6 +148,8 @@ impl IntoResponse for ApiError {
             // Under overload every shed write would log a line, adding to the load; the
             // counter `command_writes_shed_total` says it instead.
             ApiError::Overloaded(_) => tracing::debug!(error = %self, "write shed"),
+            // Likewise: `command_writes_rate_limited_total` counts them.
+            ApiError::RateLimited(_) => tracing::debug!(error = %self, "write rate-limited"),
             _ => tracing::debug!(error = %self, "request rejected"),
         }
         let mut response = self.to_problem().into_response();
@@ -196,6 +207,24 @@ mod tests {
     }
 
     #[test]
+    fn a_rate_limited_write_is_a_429_rate_limited_with_retry_after() {
+        let limited = RateLimited {
+            retry_after_secs: 3,
+        };
+        let response = ApiError::RateLimited(limited).into_response();
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "3");
+        assert_eq!(
+            response.headers()[header::CONTENT_TYPE],
+            service_kit::problem::CONTENT_TYPE
+        );
+        assert_eq!(
+            ApiError::RateLimited(limited).to_problem().kind,
+            "rate-limited"
+        );
+    }
+
+    #[test]
     fn client_mistakes_are_never_server_errors() {
         let mistakes = [
             ApiError::MalformedJson("x".into()),
@@ -216,6 +245,9 @@ mod tests {
             ApiError::Forbidden {
                 path_user: Uuid::nil(),
             },
+            ApiError::RateLimited(RateLimited {
+                retry_after_secs: 1,
+            }),
         ];
         for mistake in mistakes {
             assert!(mistake.status_code().is_client_error(), "{mistake:?}");

@@ -16,6 +16,7 @@
 //! - [`routes`]: the handlers, the 202 answer and the layer that authenticates writes.
 //! - [`appender`]: the Kafka producer, topic creation and the readiness probe.
 //! - [`backpressure`]: the bound on writes waiting for the broker, and the 503 past it.
+//! - [`ratelimit`]: per-client write rate limits (token buckets), and the 429 past them.
 //! - [`error`]: [`error::ApiError`], every failure and its problem+json answer.
 //! - here: [`Application`] (bind, run, graceful shutdown) and [`router`].
 
@@ -27,6 +28,7 @@ pub mod config;
 pub mod error;
 pub mod extract;
 pub mod ids;
+pub mod ratelimit;
 pub mod routes;
 
 use std::future::Future;
@@ -48,12 +50,14 @@ use crate::auth::{Keys, Tokens};
 use crate::backpressure::InFlightWrites;
 use crate::command::routes as paths;
 use crate::extract::BODY_LIMIT;
+use crate::ratelimit::WriteLimits;
 
 /// What every handler shares.
 #[derive(Debug, Clone)]
 pub struct AppState {
     pub appender: Arc<Appender>,
     pub in_flight: Arc<InFlightWrites>,
+    pub write_limits: Arc<WriteLimits>,
     pub tokens: Arc<Tokens>,
     pub metrics: Metrics,
 }
@@ -64,7 +68,9 @@ pub fn router(state: AppState) -> Router {
     // Every write under a user's path is that user's: the route layer authenticates the caller
     // and checks the path's user (401, 400, 403) before the handler's extractors look at
     // anything else, the body included. A route added here is protected without a second
-    // thought; its handler's `Caller` extractor fails (500) if it ever is not.
+    // thought; its handler's `Caller` extractor fails (500) if it ever is not. The same layer
+    // applies the caller's write rate limit (429), once the caller is known and before the body
+    // is read.
     let owned = Router::new()
         .route(
             paths::USER,
@@ -79,10 +85,15 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             routes::require_path_user,
         ));
-    // Sign-up is open: it is how a client gets its token. Rate limiting (429) will belong on
-    // both, as a `route_layer` too.
-    let writes = Router::new()
+    // Sign-up is open: it is how a client gets its token. Its rate limit is by peer IP, in a
+    // route layer of its own so that it runs before the body is read.
+    let sign_up = Router::new()
         .route(paths::USERS, post(routes::register_user))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            routes::limit_sign_ups,
+        ));
+    let writes = sign_up
         .merge(owned)
         .layer(DefaultBodyLimit::max(BODY_LIMIT));
     let api = writes
@@ -155,9 +166,15 @@ impl Application {
             .context("the listener has no local address")?;
         let metrics = Metrics::default();
         let in_flight = InFlightWrites::new(config.max_in_flight_writes as usize, &metrics);
+        let write_limits =
+            WriteLimits::new(config.write_rate_per_sec, config.write_burst, &metrics);
+        if config.write_rate_per_sec == 0 || config.write_burst == 0 {
+            tracing::info!("write rate limits are off (WRITE_RATE_PER_SEC or WRITE_BURST is 0)");
+        }
         let state = AppState {
             appender: Arc::clone(&appender),
             in_flight,
+            write_limits,
             tokens,
             metrics,
         };

@@ -3,13 +3,15 @@
 //! user's path before their handlers run.
 
 use axum::Json;
-use axum::extract::{FromRequestParts, Request, State};
+use axum::extract::{ConnectInfo, FromRequestParts, Request, State};
 use axum::http::{HeaderName, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
 use events::{ConsistencyToken, Event};
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Instant;
 
 use serde::Serialize;
 use uuid::Uuid;
@@ -19,12 +21,15 @@ use crate::auth;
 use crate::command::{self, Write};
 use crate::error::ApiError;
 use crate::extract::{Caller, ExpectedVersion, IdempotencyKey, JsonBody, PostPath, UserPath};
+use crate::ratelimit::Client;
 
 pub const CONSISTENCY_TOKEN: HeaderName = HeaderName::from_static("consistency-token");
 
 /// The route layer of every write under `/v1/users/{user_id}`: the bearer token must be valid
 /// (else 401), the path's user id well-formed (else 400: there is nothing to compare with) and
-/// the token's user (else 403). Only then does the handler run, and with it every other check
+/// the token's user (else 403), and the caller within its write rate limit (else 429: after
+/// the 401 and 403, so that a stranger cannot spend a user's budget). Only then does the
+/// handler run, and with it every other check
 /// (the post id, `If-Match`, `Idempotency-Key`, then the body: 415, 413, 400, 422), so a client
 /// that may not write here learns nothing about its input and costs no body read.
 pub async fn require_path_user(
@@ -40,7 +45,11 @@ pub async fn require_path_user(
             Ok(UserPath { user_id }) if user_id != caller => {
                 Err(ApiError::Forbidden { path_user: user_id })
             }
-            Ok(_) => Ok(Caller(caller)),
+            Ok(_) => state
+                .write_limits
+                .check(Client::User(caller), Instant::now())
+                .map(|()| Caller(caller))
+                .map_err(ApiError::RateLimited),
         },
     };
     let refused = match &outcome {
@@ -62,6 +71,27 @@ pub async fn require_path_user(
             next.run(Request::from_parts(parts, body)).await
         }
         Err(error) => error.into_response(),
+    }
+}
+
+/// The route layer of sign-up: its write rate limit is by the peer's IP, as it has no user
+/// yet (429 past it), checked before the body is read.
+pub async fn limit_sign_ups(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    // The server loop (`service_kit::server`) gives every request its peer address; without
+    // it the service is wired wrong, which must not pass for a client's mistake.
+    let Some(&ConnectInfo(peer)) = request.extensions().get::<ConnectInfo<SocketAddr>>() else {
+        return ApiError::Internal("a sign-up without its peer address".to_owned()).into_response();
+    };
+    match state
+        .write_limits
+        .check(Client::Ip(peer.ip().to_canonical()), Instant::now())
+    {
+        Ok(()) => next.run(request).await,
+        Err(limited) => ApiError::RateLimited(limited).into_response(),
     }
 }
 

@@ -6,16 +6,23 @@
 //! holds each connection, and its task and buffers, for as long as it likes. Here a request's
 //! headers must be complete within [`HEADER_READ_TIMEOUT`] of its first byte (or of the
 //! connection, for the first request), or hyper closes the connection.
+//!
+//! Every request carries its connection's peer address as
+//! `axum::extract::ConnectInfo<SocketAddr>` in its extensions, as
+//! `into_make_service_with_connect_info` would give it: the command API limits sign-ups by it.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::time::Duration;
 
-use axum::Router;
+use axum::extract::ConnectInfo;
+use axum::{Extension, Router};
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
+use tower::Layer;
 
 /// How long a client may take to send a request's headers. Generous for any real client on any
 /// network; short enough that idle half-requests cannot pile up.
@@ -45,9 +52,9 @@ pub async fn serve_with(
     let graceful = GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 Err(error) => {
                     // Out of file descriptors, most likely: give connections time to close
                     // rather than spin (axum::serve does the same).
@@ -60,7 +67,13 @@ pub async fn serve_with(
         };
         // Answers are written whole; nothing gains from waiting to coalesce them.
         let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(router.clone());
+        // The layer is made once per connection, around the router clone each connection
+        // already had; a request gets a copy of the `SocketAddr` in its extensions, which box
+        // it (one small allocation, as `into_make_service_with_connect_info` costs, in the map
+        // axum's and tower-http's own extensions need anyway).
+        let service = TowerToHyperService::new(
+            Extension(ConnectInfo::<SocketAddr>(peer)).layer(router.clone()),
+        );
         let connection =
             graceful.watch(connections.serve_connection(TokioIo::new(stream), service));
         tokio::spawn(async move {
@@ -83,10 +96,13 @@ mod tests {
 
     async fn started(
         header_read_timeout: Duration,
-    ) -> (std::net::SocketAddr, tokio::sync::oneshot::Sender<()>) {
+    ) -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let address = listener.local_addr().expect("address");
-        let router = Router::new().route("/", get(|| async { "ok" }));
+        let router = Router::new().route("/", get(|| async { "ok" })).route(
+            "/peer",
+            get(|ConnectInfo(peer): ConnectInfo<SocketAddr>| async move { peer.to_string() }),
+        );
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(serve_with(
             listener,
@@ -136,5 +152,21 @@ mod tests {
         assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
         assert!(answer.ends_with("ok"), "{answer}");
         stop.send(()).expect("the server is running");
+    }
+
+    #[tokio::test]
+    async fn handlers_see_the_peer_address_of_the_connection() {
+        let (address, _stop) = started(Duration::from_secs(10)).await;
+        let mut client = TcpStream::connect(address).await.expect("connect");
+        let local = client.local_addr().expect("local address");
+        client
+            .write_all(b"GET /peer HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+            .await
+            .expect("request");
+        let mut answer = Vec::new();
+        client.read_to_end(&mut answer).await.expect("answer");
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
+        assert!(answer.ends_with(&local.to_string()), "{answer}");
     }
 }

@@ -7,5 +7,6 @@ mod boundaries;
 mod broker_down;
 mod helpers;
 mod idempotency;
+mod ratelimit;
 mod rejected;
 mod startup;

@@ -5,7 +5,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::helpers::{Req, TestApp, spawn_shared_app};
+use crate::helpers::{Req, TestApp, config, spawn_app_with, spawn_shared_app};
 
 /// A JSON object body of exactly `len` bytes: one string field padded with `x`.
 pub fn padded_body(field: &str, len: usize) -> Vec<u8> {
@@ -198,7 +198,14 @@ fn authorized(app: &TestApp, route: &Route, req: Req) -> Req {
 
 #[tokio::test]
 async fn every_client_mistake_on_every_write_route_is_a_problem_and_appends_nothing() {
-    let app = spawn_shared_app().await;
+    // Hundreds of writes by one user in a second: far past any write rate limit, which is not
+    // what this test is about (ratelimit.rs is), so limits are off here.
+    let mut config = config(
+        &test_support::kafka_brokers(),
+        &test_support::unique_topic("command-api"),
+    );
+    config.write_rate_per_sec = 0;
+    let app = spawn_app_with(config).await;
     let before = app.end_offset_sum().await;
     let mut checked = 0;
 

@@ -75,6 +75,9 @@ pub async fn command_api(brokers: &str, topic: &str) -> Running {
         "--kafka-partitions=4",
         "--append-timeout-ms=5000",
         &format!("--auth-keys={}", auth_keys().to_setting()),
+        // These tests write as fast as they can from one IP, as a workload, not as a client:
+        // write rate limits are off (command-api's own tests cover them).
+        "--write-rate-per-sec=0",
     ]);
     let app = command_api::Application::build(config)
         .await
