@@ -450,7 +450,7 @@ impl Source {
         // restart, a terminated backend) fails at once, and the read, idempotent, tries again.
         // Each try drops a dead connection; past as many as the pool holds, PostgreSQL is down.
         let mut tries = 1;
-        while answer.as_ref().is_err_and(is_dead_connection)
+        while answer.as_ref().is_err_and(replicas::is_dead_connection)
             && tries <= self.generation.pool.options().get_max_connections()
         {
             answer = query(self.generation.pool.clone()).await;
@@ -585,23 +585,10 @@ fn count_fallback(metrics: &Metrics, replica: &str) {
     );
 }
 
-/// Whether `error` says the connection it came from is dead, not that PostgreSQL refused the
-/// query or cannot be reached: worth one more try on another connection.
-fn is_dead_connection(error: &sqlx::Error) -> bool {
-    match error {
-        sqlx::Error::Io(_) | sqlx::Error::WorkerCrashed => true,
-        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
-            // admin_shutdown, crash_shutdown, and class 08: connection exceptions.
-            code == "57P01" || code == "57P02" || code.starts_with("08")
-        }),
-        _ => false,
-    }
-}
-
 /// A lazy pool for reads. It does not ping a connection before handing it out (sqlx's default
 /// does: a round trip per query, without which cache-miss reads in `./dev bench reads` more
-/// than doubled, 5,256/s to 12,021/s): a
-/// connection that broke while idle fails its one query, which answers 503 and drops it.
+/// than doubled, 5,256/s to 12,021/s): a connection that broke while idle fails its query,
+/// which [`Source`] then tries again on another.
 pub fn read_pool(
     max_connections: u32,
     acquire_timeout: Duration,

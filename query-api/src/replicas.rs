@@ -298,27 +298,37 @@ const BEHIND_SQLSTATES: &[&str] = &[
     "3F000", // invalid_schema_name: the generation not replayed yet
 ];
 
-/// SQLSTATE codes of a replica that cannot serve at all right now.
+/// SQLSTATE codes of a replica that cannot serve at all right now, besides those of a dead
+/// connection ([`is_dead_connection`]).
 const OUTAGE_SQLSTATES: &[&str] = &[
-    "57P01", // admin_shutdown
-    "57P02", // crash_shutdown
     "57P03", // cannot_connect_now
     "53300", // too_many_connections
     "3D000", // invalid_catalog_name: no such database there
 ];
 
-pub fn classify(error: &sqlx::Error) -> Failure {
+/// Whether `error` says the connection it came from is dead (a restart, a terminated
+/// backend), not that the server refused the query: another connection may well answer.
+pub fn is_dead_connection(error: &sqlx::Error) -> bool {
     match error {
-        sqlx::Error::Io(_)
-        | sqlx::Error::Tls(_)
-        | sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::WorkerCrashed => Failure::Outage,
+        sqlx::Error::Io(_) | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            // admin_shutdown, crash_shutdown, and class 08: connection exceptions.
+            code == "57P01" || code == "57P02" || code.starts_with("08")
+        }),
+        _ => false,
+    }
+}
+
+pub fn classify(error: &sqlx::Error) -> Failure {
+    if is_dead_connection(error) {
+        return Failure::Outage;
+    }
+    match error {
+        sqlx::Error::Tls(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => {
+            Failure::Outage
+        }
         sqlx::Error::Database(db) => match db.code() {
-            // Class 08: connection exceptions.
-            Some(code) if code.starts_with("08") || OUTAGE_SQLSTATES.contains(&code.as_ref()) => {
-                Failure::Outage
-            }
+            Some(code) if OUTAGE_SQLSTATES.contains(&code.as_ref()) => Failure::Outage,
             Some(code) if BEHIND_SQLSTATES.contains(&code.as_ref()) => Failure::Behind,
             _ => Failure::Query,
         },
