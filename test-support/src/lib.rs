@@ -270,16 +270,8 @@ impl OwnPostgres {
         let bin = std::env::var("PG_BIN_DIR")
             .map(PathBuf::from)
             .unwrap_or_else(|_| newest_pg_bin());
-        let dir = tempfile::tempdir().expect("temp dir");
+        let dir = cluster_dir();
         let data = dir.path().join("data");
-        // initdb refuses to run as root; run the cluster as the postgres user when we are root.
-        if running_as_root() {
-            std::process::Command::new("chown")
-                .args(["-R", "postgres:postgres"])
-                .arg(dir.path())
-                .status()
-                .expect("chown temp dir");
-        }
         let initdb = run_pg(
             &bin.join("initdb"),
             &[
@@ -302,7 +294,7 @@ impl OwnPostgres {
     }
 
     pub fn admin_url(&self) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+        self.url_of("postgres")
     }
 
     pub async fn resume(&self) {
@@ -329,14 +321,7 @@ impl OwnPostgres {
     /// backup (`pg_basebackup -R -X stream`) that then streams this cluster's WAL and replays
     /// it. initdb's pg_hba already trusts replication connections from 127.0.0.1.
     pub async fn start_standby(&self) -> OwnPostgres {
-        let dir = tempfile::tempdir().expect("temp dir");
-        if running_as_root() {
-            std::process::Command::new("chown")
-                .args(["-R", "postgres:postgres"])
-                .arg(dir.path())
-                .status()
-                .expect("chown temp dir");
-        }
+        let dir = cluster_dir();
         let data = dir.path().join("data").display().to_string();
         let port = self.port.to_string();
         let backup = run_pg(
@@ -448,6 +433,20 @@ impl Drop for OwnPostgres {
             &["-D", &data, "-m", "immediate", "-w", "stop"],
         );
     }
+}
+
+/// A temp dir for a cluster of our own. initdb and postgres refuse to run as root, so when we
+/// are root the cluster runs as the postgres user ([`run_pg`]), which must own the dir.
+fn cluster_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("temp dir");
+    if running_as_root() {
+        std::process::Command::new("chown")
+            .args(["-R", "postgres:postgres"])
+            .arg(dir.path())
+            .status()
+            .expect("chown temp dir");
+    }
+    dir
 }
 
 fn run_pg(program: &std::path::Path, args: &[&str]) -> std::process::ExitStatus {
