@@ -94,9 +94,14 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpStream;
 
+    /// A server on a port of its own; it stops when the sender is used or dropped.
     async fn started(
         header_read_timeout: Duration,
-    ) -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
+    ) -> (
+        SocketAddr,
+        tokio::sync::oneshot::Sender<()>,
+        tokio::task::JoinHandle<()>,
+    ) {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let address = listener.local_addr().expect("address");
         let router = Router::new().route("/", get(|| async { "ok" })).route(
@@ -104,7 +109,7 @@ mod tests {
             get(|ConnectInfo(peer): ConnectInfo<SocketAddr>| async move { peer.to_string() }),
         );
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(serve_with(
+        let server = tokio::spawn(serve_with(
             listener,
             router,
             async move {
@@ -112,12 +117,21 @@ mod tests {
             },
             header_read_timeout,
         ));
-        (address, stop)
+        (address, stop, server)
+    }
+
+    /// Sends `GET path` on `client` with `Connection: close` and returns the whole answer.
+    async fn fetch(client: &mut TcpStream, path: &str) -> String {
+        let request = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
+        client.write_all(request.as_bytes()).await.expect("request");
+        let mut answer = Vec::new();
+        client.read_to_end(&mut answer).await.expect("answer");
+        String::from_utf8_lossy(&answer).into_owned()
     }
 
     #[tokio::test]
     async fn a_client_that_never_finishes_its_headers_is_disconnected() {
-        let (address, _stop) = started(Duration::from_millis(200)).await;
+        let (address, _stop, _server) = started(Duration::from_millis(200)).await;
         let mut slow = TcpStream::connect(address).await.expect("connect");
         slow.write_all(b"GET / HTTP/1.1\r\nHost: test\r\n")
             .await
@@ -140,32 +154,30 @@ mod tests {
 
     #[tokio::test]
     async fn a_complete_request_is_answered_and_the_server_stops_when_told() {
-        let (address, stop) = started(Duration::from_millis(200)).await;
+        let (address, stop, server) = started(Duration::from_millis(200)).await;
         let mut client = TcpStream::connect(address).await.expect("connect");
-        client
-            .write_all(b"GET / HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
-            .await
-            .expect("request");
-        let mut answer = Vec::new();
-        client.read_to_end(&mut answer).await.expect("answer");
-        let answer = String::from_utf8_lossy(&answer);
+        let answer = fetch(&mut client, "/").await;
         assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
         assert!(answer.ends_with("ok"), "{answer}");
+
         stop.send(()).expect("the server is running");
+        // The bound only keeps a server that never stops from hanging the test.
+        tokio::time::timeout(Duration::from_secs(30), server)
+            .await
+            .expect("the server stops when told")
+            .expect("the server loop did not panic");
+        assert!(
+            TcpStream::connect(address).await.is_err(),
+            "a stopped server accepts no connections"
+        );
     }
 
     #[tokio::test]
     async fn handlers_see_the_peer_address_of_the_connection() {
-        let (address, _stop) = started(Duration::from_secs(10)).await;
+        let (address, _stop, _server) = started(Duration::from_secs(10)).await;
         let mut client = TcpStream::connect(address).await.expect("connect");
         let local = client.local_addr().expect("local address");
-        client
-            .write_all(b"GET /peer HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
-            .await
-            .expect("request");
-        let mut answer = Vec::new();
-        client.read_to_end(&mut answer).await.expect("answer");
-        let answer = String::from_utf8_lossy(&answer);
+        let answer = fetch(&mut client, "/peer").await;
         assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
         assert!(answer.ends_with(&local.to_string()), "{answer}");
     }
