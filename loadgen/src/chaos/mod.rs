@@ -8,7 +8,7 @@
 //! fault window ended healthy.
 //!
 //! ```text
-//! loadgen chaos --command-url http://127.0.0.1:9080 --query-url http://127.0.0.1:9081 \
+//! loadgen chaos --command-url http://127.0.0.1:8080 --query-url http://127.0.0.1:8081 \
 //!     --writers 8 --write-rate 40 --reads-per-write 3 \
 //!     --timeline .stack/chaos/timeline.jsonl --out chaos.json --settle-timeout 180s
 //! ```
