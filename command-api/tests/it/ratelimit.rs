@@ -127,3 +127,32 @@ async fn sign_ups_from_one_ip_past_the_burst_get_429_and_users_write_on() {
         Some(1.0)
     );
 }
+
+#[tokio::test]
+async fn behind_a_trusted_proxy_sign_ups_are_limited_by_their_forwarded_client() {
+    // The test's connections come from 127.0.0.1: it plays the proxy.
+    let mut config = config(
+        &test_support::kafka_brokers(),
+        &test_support::unique_topic("command-api-proxies"),
+    );
+    config.write_rate_per_sec = 1;
+    config.write_burst = BURST as u32;
+    config.trusted_proxies = "127.0.0.1".parse().expect("an address");
+    let app = Arc::new(spawn_app_with(config).await);
+    let from = |forwarded_for: &str| sign_up().header("x-forwarded-for", forwarded_for);
+
+    let answers = burst(&app, from("198.51.100.1"), BURST + 1).await;
+    assert_one_over_the_burst(&answers);
+    // What a client writes left of the address our proxy appended is not read: it cannot
+    // escape its limit by inventing hops.
+    app.send(from("203.0.113.9, 198.51.100.1"))
+        .await
+        .problem(StatusCode::TOO_MANY_REQUESTS);
+    // Another client behind the same proxy has a budget of its own, and so does the proxy.
+    app.send(from("198.51.100.2")).await.accepted();
+    app.send(sign_up()).await.accepted();
+    // A header the proxy would not write counts against the proxy, not against anyone named.
+    app.send(from("198.51.100.1, not-an-address"))
+        .await
+        .accepted();
+}
