@@ -45,7 +45,7 @@ pub const MAX_HEADER_BYTES: usize = 16 * 1024;
 /// most over-long lists with a problem+json.
 pub const MAX_HEADER_COUNT: usize = 64;
 
-/// hyper's read buffer per connection, and so the largest head it parses (request line and
+/// hyper's read buffer per connection, and the largest head it parses (request line and
 /// headers). Above our own limits, so that they answer first; past it hyper answers a bare `431`
 /// and closes the connection.
 pub const HEAD_BUFFER_BYTES: usize = 64 * 1024;

@@ -79,7 +79,10 @@ pub async fn serve_with(
     connections
         .timer(TokioTimer::new())
         .header_read_timeout(timeouts.header_read)
-        .max_buf_size(limits::HEAD_BUFFER_BYTES);
+        // The buffer bounds what a connection holds; a single read may still fill it past
+        // its size, and the header size bound makes the head's limit exact.
+        .max_buf_size(limits::HEAD_BUFFER_BYTES)
+        .max_header_size(limits::HEAD_BUFFER_BYTES);
     let graceful = GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
