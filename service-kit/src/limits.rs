@@ -89,9 +89,7 @@ where
             Ok(()) => Checked::Passed {
                 inner: self.inner.call(request),
             },
-            Err(problem) => Checked::Refused {
-                response: Some(problem.into_response()),
-            },
+            Err(over) => Checked::Refused { over },
         }
     }
 }
@@ -101,7 +99,7 @@ pin_project_lite::pin_project! {
     #[project = CheckedProjection]
     pub enum Checked<F> {
         Passed { #[pin] inner: F },
-        Refused { response: Option<Response<Body>> },
+        Refused { over: OverLimit },
     }
 }
 
@@ -114,9 +112,7 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         match self.project() {
             CheckedProjection::Passed { inner } => inner.poll(cx),
-            CheckedProjection::Refused { response } => Poll::Ready(Ok(response
-                .take()
-                .unwrap_or_else(|| Problem::internal().into_response()))),
+            CheckedProjection::Refused { over } => Poll::Ready(Ok(over.problem().into_response())),
         }
     }
 }
@@ -140,38 +136,56 @@ fn header_bytes(headers: &HeaderMap) -> usize {
         .sum()
 }
 
-fn check_head(uri: &Uri, headers: &HeaderMap) -> Result<(), Problem> {
+/// A head over one of the limits, and by how much: what its refusal says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OverLimit {
+    Target(usize),
+    HeaderLines(usize),
+    HeaderBytes(usize),
+}
+
+impl OverLimit {
+    #[cold]
+    fn problem(self) -> Problem {
+        let too_large = |detail| {
+            Problem::new(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "header-fields-too-large",
+                "Request header fields too large",
+                detail,
+            )
+        };
+        match self {
+            OverLimit::Target(len) => Problem::new(
+                StatusCode::URI_TOO_LONG,
+                "uri-too-long",
+                "URI too long",
+                format!(
+                    "the request target (path and query string) is {len} bytes; at most \
+                     {MAX_TARGET_BYTES} are accepted"
+                ),
+            ),
+            OverLimit::HeaderLines(count) => too_large(format!(
+                "the request has {count} header lines; at most {MAX_HEADER_COUNT} are accepted"
+            )),
+            OverLimit::HeaderBytes(size) => too_large(format!(
+                "the request's headers are {size} bytes; at most {MAX_HEADER_BYTES} are accepted"
+            )),
+        }
+    }
+}
+
+fn check_head(uri: &Uri, headers: &HeaderMap) -> Result<(), OverLimit> {
     let target = target_len(uri);
     if target > MAX_TARGET_BYTES {
-        return Err(Problem::new(
-            StatusCode::URI_TOO_LONG,
-            "uri-too-long",
-            "URI too long",
-            format!(
-                "the request target (path and query string) is {target} bytes; at most \
-                 {MAX_TARGET_BYTES} are accepted"
-            ),
-        ));
+        return Err(OverLimit::Target(target));
     }
-    let too_large = |detail| {
-        Problem::new(
-            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            "header-fields-too-large",
-            "Request header fields too large",
-            detail,
-        )
-    };
     if headers.len() > MAX_HEADER_COUNT {
-        return Err(too_large(format!(
-            "the request has {} header lines; at most {MAX_HEADER_COUNT} are accepted",
-            headers.len()
-        )));
+        return Err(OverLimit::HeaderLines(headers.len()));
     }
     let size = header_bytes(headers);
     if size > MAX_HEADER_BYTES {
-        return Err(too_large(format!(
-            "the request's headers are {size} bytes; at most {MAX_HEADER_BYTES} are accepted"
-        )));
+        return Err(OverLimit::HeaderBytes(size));
     }
     Ok(())
 }
@@ -298,7 +312,9 @@ mod tests {
         let over: Uri = format!("/{}", "a".repeat(MAX_TARGET_BYTES))
             .parse()
             .expect("a target");
-        let refused = check_head(&over, &HeaderMap::new()).expect_err("one byte too long");
+        let refused = check_head(&over, &HeaderMap::new())
+            .expect_err("one byte too long")
+            .problem();
         assert_eq!(refused.status, StatusCode::URI_TOO_LONG);
         assert_eq!(refused.kind, "uri-too-long");
 
@@ -308,7 +324,9 @@ mod tests {
         assert_eq!(header_bytes(&at_limit), MAX_HEADER_BYTES);
         assert!(check_head(&root, &at_limit).is_ok());
         let over = headers(&[("x", "v".repeat(MAX_HEADER_BYTES - 4))]);
-        let refused = check_head(&root, &over).expect_err("one byte too many");
+        let refused = check_head(&root, &over)
+            .expect_err("one byte too many")
+            .problem();
         assert_eq!(refused.status, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
         assert_eq!(refused.kind, "header-fields-too-large");
 
@@ -319,7 +337,9 @@ mod tests {
         let lines: Vec<_> = (0..=MAX_HEADER_COUNT)
             .map(|_| ("x", "v".to_owned()))
             .collect();
-        let refused = check_head(&root, &headers(&lines)).expect_err("one line too many");
+        let refused = check_head(&root, &headers(&lines))
+            .expect_err("one line too many")
+            .problem();
         assert_eq!(refused.status, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
         assert!(
             refused.detail.contains("header lines"),
