@@ -17,12 +17,14 @@
 //! - [`appender`]: the Kafka producer, topic creation and the readiness probe.
 //! - [`backpressure`]: the bound on writes waiting for the broker, and the 503 past it.
 //! - [`ratelimit`]: per-client write rate limits (token buckets), and the 429 past them.
+//! - [`client_ip`]: who a sign-up comes from behind trusted proxies (`X-Forwarded-For`).
 //! - [`error`]: [`error::ApiError`], every failure and its problem+json answer.
 //! - here: [`Application`] (bind, run, graceful shutdown) and [`router`].
 
 pub mod appender;
 pub mod auth;
 pub mod backpressure;
+pub mod client_ip;
 pub mod command;
 pub mod config;
 pub mod error;
@@ -41,6 +43,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::middleware;
 use axum::routing::{get, patch, post};
 use service_kit::metrics::Metrics;
+use service_kit::server::Timeouts;
 use tokio::net::TcpListener;
 
 pub use config::{Config, LogFormat};
@@ -48,6 +51,7 @@ pub use config::{Config, LogFormat};
 use crate::appender::Appender;
 use crate::auth::{Keys, Tokens};
 use crate::backpressure::InFlightWrites;
+use crate::client_ip::TrustedProxies;
 use crate::command::routes as paths;
 use crate::extract::BODY_LIMIT;
 use crate::ratelimit::WriteLimits;
@@ -58,6 +62,8 @@ pub struct AppState {
     pub appender: Arc<Appender>,
     pub in_flight: Arc<InFlightWrites>,
     pub write_limits: Arc<WriteLimits>,
+    /// Whose `X-Forwarded-For` names a sign-up's client.
+    pub trusted_proxies: Arc<TrustedProxies>,
     pub tokens: Arc<Tokens>,
     pub metrics: Metrics,
 }
@@ -108,6 +114,7 @@ pub struct Application {
     router: Router,
     appender: Arc<Appender>,
     address: SocketAddr,
+    client_timeouts: Timeouts,
 }
 
 impl std::fmt::Debug for Application {
@@ -171,10 +178,17 @@ impl Application {
         if config.write_rate_per_sec == 0 || config.write_burst == 0 {
             tracing::info!("write rate limits are off (WRITE_RATE_PER_SEC or WRITE_BURST is 0)");
         }
+        if !config.trusted_proxies.is_empty() {
+            tracing::info!(
+                trusted_proxies = %config.trusted_proxies,
+                "sign-ups from these proxies are limited by their X-Forwarded-For client"
+            );
+        }
         let state = AppState {
             appender: Arc::clone(&appender),
             in_flight,
             write_limits,
+            trusted_proxies: Arc::new(config.trusted_proxies),
             tokens,
             metrics,
         };
@@ -183,6 +197,7 @@ impl Application {
             router: router(state),
             appender,
             address,
+            client_timeouts: config.client_timeouts,
         })
     }
 
@@ -197,7 +212,8 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         tracing::info!(address = %self.address, topic = self.appender.topic(), "command API listening");
-        service_kit::server::serve(self.listener, self.router, shutdown).await;
+        service_kit::server::serve_with(self.listener, self.router, shutdown, self.client_timeouts)
+            .await;
         self.appender.flush().await;
         tracing::info!("command API stopped");
         Ok(())

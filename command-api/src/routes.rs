@@ -74,8 +74,9 @@ pub async fn require_path_user(
     }
 }
 
-/// The route layer of sign-up: its write rate limit is by the peer's IP, as it has no user
-/// yet (429 past it), checked before the body is read.
+/// The route layer of sign-up: its write rate limit is by the client's IP, as it has no user
+/// yet (429 past it), checked before the body is read. The client is the peer, or behind a
+/// trusted proxy the address its `X-Forwarded-For` names ([`crate::client_ip`]).
 pub async fn limit_sign_ups(
     State(state): State<AppState>,
     request: Request,
@@ -86,10 +87,10 @@ pub async fn limit_sign_ups(
     let Some(&ConnectInfo(peer)) = request.extensions().get::<ConnectInfo<SocketAddr>>() else {
         return ApiError::Internal("a sign-up without its peer address".to_owned()).into_response();
     };
-    match state
-        .write_limits
-        .check(Client::Ip(peer.ip().to_canonical()), Instant::now())
-    {
+    let client = state
+        .trusted_proxies
+        .client_ip(peer.ip(), request.headers());
+    match state.write_limits.check(Client::Ip(client), Instant::now()) {
         Ok(()) => next.run(request).await,
         Err(limited) => ApiError::RateLimited(limited).into_response(),
     }
