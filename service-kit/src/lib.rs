@@ -9,12 +9,14 @@
 //!   panics as 500 problems, 404/405 as problems, `/healthz` and `/metrics`.
 //! - [`server`]: [`server::serve`], the accept loop: hyper's HTTP/1.1 with a header read
 //!   timeout (which `axum::serve` cannot set) and a graceful shutdown.
+//! - [`openapi`]: what every API's OpenAPI 3.1 document has in common, and `GET /openapi.json`.
 //! - [`metrics`]: a small Prometheus text registry: counters, gauges and histograms.
 //! - [`telemetry`]: logging set-up, human-readable or JSON.
 //! - [`shutdown`]: the future that resolves on Ctrl-C or SIGTERM.
 
 pub mod http;
 pub mod metrics;
+pub mod openapi;
 pub mod problem;
 pub mod server;
 pub mod shutdown;
