@@ -16,7 +16,7 @@ use crate::error::ApiError;
 pub const BODY_LIMIT: usize = 64 * 1024;
 
 pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
-const IDEMPOTENCY_KEY_MAX_LEN: usize = 200;
+pub const IDEMPOTENCY_KEY_MAX_LEN: usize = 200;
 
 /// A write's JSON body, parsed but not yet checked against any field rule. Needs a JSON
 /// `Content-Type` (415 otherwise), at most [`BODY_LIMIT`] bytes (413) and valid JSON (400).
