@@ -126,6 +126,7 @@ impl IntoParams for ExpectedVersion {
                 .schema(Some(
                     ObjectBuilder::new()
                         .schema_type(Type::String)
+                        .min_length(Some(1))
                         .pattern(Some(IF_MATCH_PATTERN)),
                 ))
                 .build(),

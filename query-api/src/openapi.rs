@@ -43,6 +43,7 @@ const STREAM_CURSOR_PATTERN: &str = "^[A-Za-z0-9_-]{12}$";
 fn string(pattern: &str) -> ObjectBuilder {
     ObjectBuilder::new()
         .schema_type(Type::String)
+        .min_length(Some(1))
         .pattern(Some(pattern))
 }
 
