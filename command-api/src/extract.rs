@@ -17,7 +17,7 @@ use crate::error::ApiError;
 pub const BODY_LIMIT: usize = 64 * 1024;
 
 pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
-const IDEMPOTENCY_KEY_MAX_LEN: usize = 200;
+pub const IDEMPOTENCY_KEY_MAX_LEN: usize = 200;
 
 /// How deeply a body's arrays and objects may nest. Every body of ours is one flat object
 /// (depth 1); serde_json's own bound is 128, and its error for it only says "recursion limit

@@ -19,7 +19,10 @@
 //! - [`ratelimit`]: per-client write rate limits (token buckets), and the 429 past them.
 //! - [`client_ip`]: who a sign-up comes from behind trusted proxies (`X-Forwarded-For`).
 //! - [`error`]: [`error::ApiError`], every failure and its problem+json answer.
-//! - here: [`Application`] (bind, run, graceful shutdown) and [`router`].
+//! - [`openapi`]: the OpenAPI document's parameters, bodies and security scheme; each route's
+//!   own part is its handler's `#[utoipa::path]`.
+//! - here: [`Application`] (bind, run, graceful shutdown), [`router`] and [`openapi`]'s
+//!   document ([`openapi_document`]).
 
 pub mod appender;
 pub mod auth;
@@ -30,6 +33,7 @@ pub mod config;
 pub mod error;
 pub mod extract;
 pub mod ids;
+pub mod openapi;
 pub mod ratelimit;
 pub mod routes;
 
@@ -41,10 +45,12 @@ use anyhow::Context;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::middleware;
-use axum::routing::{get, patch, post};
 use service_kit::metrics::Metrics;
 use service_kit::server::Timeouts;
 use tokio::net::TcpListener;
+use utoipa::OpenApi as _;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 pub use config::{Config, LogFormat};
 
@@ -52,7 +58,6 @@ use crate::appender::Appender;
 use crate::auth::{Keys, Tokens};
 use crate::backpressure::InFlightWrites;
 use crate::client_ip::TrustedProxies;
-use crate::command::routes as paths;
 use crate::extract::BODY_LIMIT;
 use crate::ratelimit::WriteLimits;
 
@@ -68,6 +73,35 @@ pub struct AppState {
     pub metrics: Metrics,
 }
 
+/// The writes under a user's path, without their layer (see [`router`]).
+fn owned_writes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(routes::update_profile, routes::delete_user))
+        .routes(routes!(routes::publish_post))
+        .routes(routes!(routes::edit_post, routes::delete_post))
+}
+
+fn sign_up() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(routes::register_user))
+}
+
+fn operations() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(routes::readyz))
+}
+
+/// The service's OpenAPI document, as `GET /openapi.json` answers it, without a running service:
+/// [`router`] builds its own the same way from the same routes. Every route is registered with
+/// `routes!`, which takes its method and path from the handler's `#[utoipa::path]`; the routes
+/// the common layers add are `service_kit::openapi`'s.
+pub fn openapi_document() -> serde_json::Value {
+    let api = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .merge(sign_up())
+        .merge(owned_writes())
+        .merge(operations())
+        .into_openapi();
+    service_kit::openapi::document(api)
+}
+
 /// The service's routes, with the layers every service of the system has.
 pub fn router(state: AppState) -> Router {
     let metrics = state.metrics.clone();
@@ -77,34 +111,25 @@ pub fn router(state: AppState) -> Router {
     // thought; its handler's `Caller` extractor fails (500) if it ever is not. The same layer
     // applies the caller's write rate limit (429), once the caller is known and before the body
     // is read.
-    let owned = Router::new()
-        .route(
-            paths::USER,
-            patch(routes::update_profile).delete(routes::delete_user),
-        )
-        .route(paths::USER_POSTS, post(routes::publish_post))
-        .route(
-            paths::USER_POST,
-            patch(routes::edit_post).delete(routes::delete_post),
-        )
-        .route_layer(middleware::from_fn_with_state(
-            state.clone(),
-            routes::require_path_user,
-        ));
+    let owned = owned_writes().route_layer(middleware::from_fn_with_state(
+        state.clone(),
+        routes::require_path_user,
+    ));
     // Sign-up is open: it is how a client gets its token. Its rate limit is by peer IP, in a
     // route layer of its own so that it runs before the body is read.
-    let sign_up = Router::new()
-        .route(paths::USERS, post(routes::register_user))
-        .route_layer(middleware::from_fn_with_state(
-            state.clone(),
-            routes::limit_sign_ups,
-        ));
+    let sign_up = sign_up().route_layer(middleware::from_fn_with_state(
+        state.clone(),
+        routes::limit_sign_ups,
+    ));
     let writes = sign_up
         .merge(owned)
         .layer(DefaultBodyLimit::max(BODY_LIMIT));
-    let api = writes
-        .route("/readyz", get(routes::readyz))
-        .with_state(state);
+    let (api, document) = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .merge(writes)
+        .merge(operations())
+        .with_state(state)
+        .split_for_parts();
+    let api = service_kit::openapi::serve(api, &service_kit::openapi::document(document));
     service_kit::http::with_common_layers(api, metrics)
 }
 

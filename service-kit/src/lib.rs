@@ -12,6 +12,7 @@
 //!   timeouts (which `axum::serve` cannot set), a bound on heads, and a graceful shutdown.
 //! - [`limits`]: what a client may send: the request target's length, the headers' size and
 //!   count, and the time a body may take.
+//! - [`openapi`]: what every API's OpenAPI 3.1 document has in common, and `GET /openapi.json`.
 //! - [`metrics`]: a small Prometheus text registry: counters, gauges and histograms.
 //! - [`telemetry`]: logging set-up, human-readable or JSON.
 //! - [`shutdown`]: the future that resolves on Ctrl-C or SIGTERM.
@@ -19,6 +20,7 @@
 pub mod http;
 pub mod limits;
 pub mod metrics;
+pub mod openapi;
 pub mod problem;
 pub mod server;
 pub mod shutdown;
