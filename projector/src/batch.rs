@@ -116,14 +116,19 @@ pub async fn project(
             set.history.push((version, index));
             outcome.changed_owners.insert(envelope.partition_key);
         }
+        let counts = outcome.by_partition.entry(record.partition).or_default();
         match decision {
             Decision::Duplicate => {
                 outcome.duplicates += 1;
                 continue;
             }
-            Decision::Applied { .. } => outcome.applied += 1,
+            Decision::Applied { .. } => {
+                outcome.applied += 1;
+                counts.applied += 1;
+            }
             Decision::Rejected(reason) => {
-                *outcome.rejected.entry(reason.as_str()).or_default() += 1
+                *outcome.rejected.entry(reason.as_str()).or_default() += 1;
+                counts.reject(reason);
             }
         }
         set.decided.insert(envelope.command_id);
@@ -138,6 +143,13 @@ pub async fn project(
         }
     }
     outcome.dead_letters += dead.len() as u64;
+    for letter in &dead {
+        outcome
+            .by_partition
+            .entry(letter.record.partition)
+            .or_default()
+            .dead_letters += 1;
+    }
     outcome.changed_posts.extend(&set.changed_posts);
     set.write(conn, &envelopes).await?;
     insert_dead_letters(conn, topic, &dead).await

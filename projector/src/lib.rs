@@ -60,7 +60,7 @@ use anyhow::Context as _;
 pub use config::Config;
 use consumer::{Ownership, Progress, Projector};
 pub use replay::{LogSource, RecordedLog};
-use store::{ActiveStore, Store};
+use store::{ActiveStore, LogEnds, Store};
 
 /// Shared with the HTTP handlers.
 #[derive(Clone)]
@@ -111,7 +111,13 @@ impl Application {
             generation = store.schema(),
             "projecting into the active generation"
         );
-        let store = ActiveStore::new(store, &config.database_url, config.db_pool_size);
+        // Heard by the watch below, written with the offsets for the query API's status page.
+        let log_ends = LogEnds::default();
+        let store = ActiveStore::new(
+            store.with_log_ends(log_ends.clone()),
+            &config.database_url,
+            config.db_pool_size,
+        );
         let stopping = Arc::new(AtomicBool::new(false));
         let progress = Arc::new(Progress::default());
         let (projector, ownership) = Projector::new(

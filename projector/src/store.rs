@@ -8,6 +8,7 @@
 //! become rows, in a few bulk statements per batch, is [`crate::batch`].
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use events::progress::{FIRST_GENERATION, ProgressNotice, is_plain_identifier};
@@ -16,6 +17,7 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use uuid::Uuid;
 
 use crate::batch::{DeadLetter, insert_dead_letters, project};
+use crate::decide::Reason;
 
 /// The schema, applied at start-up. sqlx takes an advisory lock, so several instances may race.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
@@ -38,6 +40,36 @@ pub struct Claim {
     pub next_offset: i64,
 }
 
+/// Each partition's log end (the offset its next record will get), as last heard from the
+/// broker: written beside the offsets for the query API's status page (its lag).
+pub type LogEnds = Arc<Mutex<BTreeMap<i32, i64>>>;
+
+/// What a batch decided on one partition, added to the partition's running counts in
+/// `projector_offsets` (which the status page reads instead of counting the decisions).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct PartitionCounts {
+    pub applied: i64,
+    /// Rejections, by reason in [`Reason::ALL`]'s order.
+    pub rejected: [i64; Reason::ALL.len()],
+    pub dead_letters: i64,
+}
+
+impl PartitionCounts {
+    pub fn reject(&mut self, reason: Reason) {
+        if let Some(index) = Reason::ALL.iter().position(|r| *r == reason) {
+            self.rejected[index] += 1;
+        }
+    }
+
+    fn add(&mut self, other: &PartitionCounts) {
+        self.applied += other.applied;
+        self.dead_letters += other.dead_letters;
+        for (sum, n) in self.rejected.iter_mut().zip(other.rejected) {
+            *sum += n;
+        }
+    }
+}
+
 /// What a committed batch did.
 #[derive(Debug, Default)]
 pub struct BatchOutcome {
@@ -49,6 +81,8 @@ pub struct BatchOutcome {
     pub rejected: BTreeMap<&'static str, u64>,
     pub duplicates: u64,
     pub dead_letters: u64,
+    /// The same decisions and dead letters, by partition.
+    pub by_partition: BTreeMap<i32, PartitionCounts>,
     /// The owners (partition keys) of the events this batch applied, for the progress notice.
     pub changed_owners: BTreeSet<Uuid>,
     /// The posts this batch wrote, for the progress notice.
@@ -65,6 +99,9 @@ impl BatchOutcome {
         self.dead_letters += other.dead_letters;
         for (reason, n) in other.rejected {
             *self.rejected.entry(reason).or_default() += n;
+        }
+        for (partition, counts) in &other.by_partition {
+            self.by_partition.entry(*partition).or_default().add(counts);
         }
         self.committed.extend(other.committed);
     }
@@ -117,6 +154,8 @@ pub struct Store {
     schema: String,
     /// The live read model (the active generation), or one being projected again beside it.
     live: bool,
+    /// Where the partitions' log ends are heard, if anywhere.
+    log_ends: Option<LogEnds>,
 }
 
 impl Store {
@@ -166,6 +205,7 @@ impl Store {
             topic: topic.to_owned(),
             schema: schema.to_owned(),
             live: true,
+            log_ends: None,
         }
     }
 
@@ -178,6 +218,12 @@ impl Store {
     ///   Whatever later commits synchronously (a switch) makes them durable too.
     pub fn replay(mut self) -> Store {
         self.live = false;
+        self
+    }
+
+    /// The same store, writing each partition's log end from `log_ends` with its offset.
+    pub fn with_log_ends(mut self, log_ends: LogEnds) -> Store {
+        self.log_ends = Some(log_ends);
         self
     }
 
@@ -337,6 +383,11 @@ impl Store {
                         };
                         insert_dead_letters(&mut tx, &self.topic, &[failed]).await?;
                         outcome.dead_letters += 1;
+                        outcome
+                            .by_partition
+                            .entry(record.partition)
+                            .or_default()
+                            .dead_letters += 1;
                     }
                     Err(e) => return Err(e),
                 }
@@ -351,18 +402,7 @@ impl Store {
         }
 
         if !outcome.committed.is_empty() {
-            let (partitions, offsets): (Vec<i32>, Vec<i64>) =
-                outcome.committed.iter().map(|(p, o)| (*p, *o)).unzip();
-            sqlx::query(
-                "UPDATE projector_offsets AS o SET next_offset = n.next_offset, updated_at = now()
-                 FROM unnest($2::int[], $3::int8[]) AS n (partition, next_offset)
-                 WHERE o.topic = $1 AND o.partition = n.partition",
-            )
-            .bind(&self.topic)
-            .bind(&partitions)
-            .bind(&offsets)
-            .execute(&mut *tx)
-            .await?;
+            self.advance_offsets(&mut tx, &outcome).await?;
         }
         if self.live && !outcome.committed.is_empty() {
             // Delivered on commit, never for a rolled-back batch.
@@ -382,6 +422,81 @@ impl Store {
         tx.commit().await?;
         Ok(outcome)
     }
+}
+
+impl Store {
+    /// Moves the committed partitions' offsets on, with their log ends and running counts:
+    /// one statement, whatever the number of partitions.
+    async fn advance_offsets(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        outcome: &BatchOutcome,
+    ) -> Result<(), sqlx::Error> {
+        let log_ends = self
+            .log_ends
+            .as_ref()
+            .map(|ends| ends.lock().unwrap_or_else(|p| p.into_inner()).clone())
+            .unwrap_or_default();
+        let mut columns = OffsetColumns::default();
+        for (partition, next_offset) in &outcome.committed {
+            let counts = outcome
+                .by_partition
+                .get(partition)
+                .copied()
+                .unwrap_or_default();
+            columns.partition.push(*partition);
+            columns.next_offset.push(*next_offset);
+            columns.log_end.push(log_ends.get(partition).copied());
+            columns.applied.push(counts.applied);
+            for (column, n) in columns.rejected.iter_mut().zip(counts.rejected) {
+                column.push(n);
+            }
+            columns.dead_letters.push(counts.dead_letters);
+        }
+        let [version_conflict, not_found, already_exists, key_reused] = &columns.rejected;
+        // GREATEST skips NULLs: a log end heard before the batch's own records were appended
+        // (or none heard) never shows the partition ahead of its log.
+        sqlx::query(
+            "UPDATE projector_offsets AS o SET next_offset = n.next_offset, updated_at = now(),
+                log_end_offset = GREATEST(o.log_end_offset, n.log_end, n.next_offset),
+                applied = o.applied + n.applied,
+                rejected_version_conflict = o.rejected_version_conflict + n.version_conflict,
+                rejected_not_found = o.rejected_not_found + n.not_found,
+                rejected_already_exists = o.rejected_already_exists + n.already_exists,
+                rejected_idempotency_key_reused =
+                    o.rejected_idempotency_key_reused + n.idempotency_key_reused,
+                dead_letters = o.dead_letters + n.dead_letters
+             FROM unnest($2::int[], $3::int8[], $4::int8[], $5::int8[], $6::int8[], $7::int8[],
+                         $8::int8[], $9::int8[], $10::int8[])
+                AS n (partition, next_offset, log_end, applied, version_conflict, not_found,
+                      already_exists, idempotency_key_reused, dead_letters)
+             WHERE o.topic = $1 AND o.partition = n.partition",
+        )
+        .bind(&self.topic)
+        .bind(&columns.partition)
+        .bind(&columns.next_offset)
+        .bind(&columns.log_end)
+        .bind(&columns.applied)
+        .bind(version_conflict)
+        .bind(not_found)
+        .bind(already_exists)
+        .bind(key_reused)
+        .bind(&columns.dead_letters)
+        .execute(&mut *tx)
+        .await?;
+        Ok(())
+    }
+}
+
+/// [`Store::advance_offsets`]'s parameters, a column each.
+#[derive(Default)]
+struct OffsetColumns {
+    partition: Vec<i32>,
+    next_offset: Vec<i64>,
+    log_end: Vec<Option<i64>>,
+    applied: Vec<i64>,
+    rejected: [Vec<i64>; Reason::ALL.len()],
+    dead_letters: Vec<i64>,
 }
 
 /// The active read-model generation as the catalogue says, or the first one (`public`) when the
@@ -439,6 +554,10 @@ impl ActiveStore {
             Store::connect_lazy(&self.url, &store.topic, self.pool_size)?
         } else {
             Store::connect_lazy_in_schema(&self.url, &active, &store.topic, self.pool_size)?
+        };
+        let next = match &store.log_ends {
+            Some(log_ends) => next.with_log_ends(log_ends.clone()),
+            None => next,
         };
         tracing::info!(from = store.schema(), to = %active, "following the switch to another read-model generation");
         *self

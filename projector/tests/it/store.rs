@@ -321,3 +321,79 @@ async fn the_progress_notice_names_the_owners_and_posts_a_batch_changed() {
 fn sorted<const N: usize>(ids: [Uuid; N]) -> Vec<Uuid> {
     BTreeSet::from(ids).into_iter().collect()
 }
+
+/// The status page's figures of one partition: log end, applied, the four rejections by
+/// reason, dead letters.
+async fn partition_figures(store: &Store, partition: i32) -> (Option<i64>, i64, [i64; 4], i64) {
+    let row: (Option<i64>, i64, i64, i64, i64, i64, i64) = sqlx::query_as(
+        "SELECT log_end_offset, applied, rejected_version_conflict, rejected_not_found,
+                rejected_already_exists, rejected_idempotency_key_reused, dead_letters
+         FROM projector_offsets WHERE partition = $1",
+    )
+    .bind(partition)
+    .fetch_one(store.pool())
+    .await
+    .expect("offsets row");
+    (row.0, row.1, [row.2, row.3, row.4, row.5], row.6)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_adds_its_decisions_and_dead_letters_to_its_partitions_counts_with_the_log_end() {
+    let db = TestDb::create().await;
+    let log_ends = projector::store::LogEnds::default();
+    let store = store(&db).await.with_log_ends(log_ends.clone());
+    let claims = store.claim(&[0, 1], "me").await.expect("claim");
+    let (ada, bo) = (Uuid::now_v7(), Uuid::now_v7());
+    let ada_again = registered(ada);
+    let garbage = Record {
+        payload: Some(b"not an event".to_vec()),
+        ..record(1, 1, &registered(bo))
+    };
+    // Partition 0: a sign-up, the same user signed up again (already_exists), and the first
+    // command appended twice (a duplicate, which is no decision). Partition 1: a sign-up and
+    // a record that is not an event.
+    let first = registered(ada);
+    let batch = [
+        record(0, 0, &first),
+        record(0, 1, &ada_again),
+        record(0, 2, &first),
+        record(1, 0, &registered(bo)),
+        garbage,
+    ];
+    // The broker said partition 0 ends at 10; nothing about partition 1.
+    log_ends.lock().expect("lock").insert(0, 10);
+    let done = store
+        .commit_batch(&batch, &claims, false)
+        .await
+        .expect("commit");
+    assert_eq!(done.committed, BTreeMap::from([(0, 3), (1, 2)]));
+    assert_eq!(
+        partition_figures(&store, 0).await,
+        (Some(10), 1, [0, 0, 1, 0], 0)
+    );
+    assert_eq!(
+        partition_figures(&store, 1).await,
+        (Some(2), 1, [0; 4], 1),
+        "no log end heard: the next offset, never less"
+    );
+
+    // The counts are running sums; a log end heard before the batch's own records never
+    // puts the partition behind its offset.
+    let mut claims = claims;
+    for (partition, next) in &done.committed {
+        claims.get_mut(partition).expect("claimed").next_offset = *next;
+    }
+    let more: Vec<Record> = (3..13)
+        .map(|o| record(0, o, &registered(Uuid::now_v7())))
+        .collect();
+    let done = store
+        .commit_batch(&more, &claims, false)
+        .await
+        .expect("commit");
+    assert_eq!(done.committed, BTreeMap::from([(0, 13)]));
+    assert_eq!(
+        partition_figures(&store, 0).await,
+        (Some(13), 11, [0, 0, 1, 0], 0)
+    );
+    db.drop_database().await;
+}
