@@ -173,6 +173,7 @@ impl Server {
             &metrics,
         );
         let state = AppState {
+            status: query_api::status::StatusBoard::new(read_models.clone()),
             read_models,
             watermarks,
             cache: cache.clone(),

@@ -18,6 +18,7 @@ const UNAVAILABLE_SQLSTATES: &[&str] = &[
     "53300", // too_many_connections
     "3D000", // invalid_catalog_name: the database is not created yet
     "42P01", // undefined_table: the projector has not migrated the schema yet
+    "42703", // undefined_column: nor to this release's columns (an upgrade under way)
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -113,8 +114,10 @@ fn is_unavailable(error: &sqlx::Error) -> bool {
     }
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
+impl ApiError {
+    /// The answer to send, after logging what is ours to know (the cause of a 5xx), which the
+    /// answer never carries.
+    pub fn into_problem(self) -> Problem {
         match &self {
             ApiError::Database(source) => tracing::error!(error = %source, "database query failed"),
             ApiError::Encode(why) => tracing::error!(error = %why, "cannot encode an answer"),
@@ -123,7 +126,13 @@ impl IntoResponse for ApiError {
             }
             _ => {}
         }
-        self.to_problem().into_response()
+        self.to_problem()
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        self.into_problem().into_response()
     }
 }
 

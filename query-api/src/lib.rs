@@ -22,6 +22,8 @@
 //! - [`error`]: [`error::ApiError`] and its problem+json answers.
 //! - [`openapi`]: the OpenAPI document's parameters and title; each route's own part is its
 //!   handler's `#[utoipa::path]`.
+//! - [`status`]: the status page, `/status` and `/status.json`: each partition's offset, lag,
+//!   events per second, decisions and dead letters, the generation and rebuilds in progress.
 
 pub mod answer;
 pub mod cache;
@@ -35,6 +37,7 @@ pub mod pagination;
 pub mod read_models;
 pub mod replicas;
 pub mod routes;
+pub mod status;
 
 use std::future::Future;
 
@@ -56,6 +59,7 @@ use crate::consistency::{Follower, Watermarks};
 use crate::error::ApiError;
 use crate::read_models::{ReadModels, Source};
 use crate::replicas::{Poller, Requirement};
+use crate::status::StatusBoard;
 
 /// What every handler shares. Cheap to clone.
 #[derive(Clone)]
@@ -64,6 +68,7 @@ pub struct AppState {
     pub watermarks: Watermarks,
     pub cache: Cache,
     pub metrics: Metrics,
+    pub status: StatusBoard,
 }
 
 /// What a read found: its answer, and the user whose changes make it stale (if any).
@@ -209,6 +214,7 @@ impl Application {
         replicas::register_gauges(&read_models, &watermarks);
         let poller = Poller::start(&read_models, config.replica_poll());
         let state = AppState {
+            status: StatusBoard::new(read_models.clone()),
             read_models,
             watermarks,
             cache,

@@ -323,6 +323,18 @@ impl ReadModels {
             .clone()
     }
 
+    /// The active generation's name and its pool on the primary, for reads that must see the
+    /// primary's state now (the status page).
+    pub fn primary(&self) -> (String, PgPool) {
+        let generation = self.current();
+        (generation.name.clone(), generation.pool.clone())
+    }
+
+    /// The topic the read models are projected from.
+    pub fn topic(&self) -> &str {
+        &self.shared.topic
+    }
+
     pub fn replica_count(&self) -> usize {
         self.shared.replicas.len()
     }

@@ -1,4 +1,5 @@
-//! The handlers: one per route of contract v1's reads, plus `/readyz`.
+//! The handlers: one per route of contract v1's reads, plus `/readyz`; the status page's are
+//! in [`crate::status`].
 
 use std::time::Duration;
 
@@ -30,6 +31,8 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(get_command))
         .routes(routes!(list_stream_events))
         .routes(routes!(readyz))
+        .routes(routes!(crate::status::status_json))
+        .routes(routes!(crate::status::status_page))
 }
 
 #[utoipa::path(

@@ -4,7 +4,11 @@
 //! (see [`seed`]), and talks to an [`helpers::TestApp`] built on port 0. A row changed behind
 //! the app's back (without a progress notice naming it) may still be answered from its cache:
 //! [`cache`] relies on that to show where answers come from.
+//!
+//! [`status_page`] is the exception: it projects a real log with a real projector (on the
+//! broker of `KAFKA_BROKERS`) and looks at the status page in headless Chromium.
 
+mod browser;
 mod cache;
 mod commands;
 mod conditional;
@@ -17,4 +21,6 @@ mod pagination;
 mod reads;
 mod replicas;
 mod seed;
+mod status;
+mod status_page;
 mod streams;

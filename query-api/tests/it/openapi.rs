@@ -47,10 +47,15 @@ async fn the_document_is_served_and_is_the_code_s() {
     assert_eq!(
         paths,
         [
+            "/docs",
+            "/docs/swagger-ui-5.35.0/swagger-ui-bundle.js",
+            "/docs/swagger-ui-5.35.0/swagger-ui.css",
             "/healthz",
             "/metrics",
             "/openapi.json",
             "/readyz",
+            "/status",
+            "/status.json",
             "/v1/commands/{command_id}",
             "/v1/posts",
             "/v1/posts/{post_id}",
