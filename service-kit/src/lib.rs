@@ -13,10 +13,12 @@
 //! - [`limits`]: what a client may send: the request target's length, the headers' size and
 //!   count, and the time a body may take.
 //! - [`openapi`]: what every API's OpenAPI 3.1 document has in common, and `GET /openapi.json`.
+//! - [`explorer`]: the API explorer on that document, `GET /docs` (Swagger UI, compiled in).
 //! - [`metrics`]: a small Prometheus text registry: counters, gauges and histograms.
 //! - [`telemetry`]: logging set-up, human-readable or JSON.
 //! - [`shutdown`]: the future that resolves on Ctrl-C or SIGTERM.
 
+pub mod explorer;
 pub mod http;
 pub mod limits;
 pub mod metrics;

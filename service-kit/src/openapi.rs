@@ -4,8 +4,8 @@
 //! (`utoipa_axum::routes!`), so that a route cannot be served undocumented. [`document`] then
 //! adds what is the same for every service, in one place rather than in every route's
 //! attributes:
-//! - the routes of [`crate::http::with_common_layers`] (`/healthz`, `/metrics`) and
-//!   `/openapi.json` itself;
+//! - the routes of [`crate::http::with_common_layers`] (`/healthz`, `/metrics`),
+//!   `/openapi.json` itself, and the API explorer ([`crate::explorer`]: `/docs` and its assets);
 //! - the limits' answers on every route ([`crate::limits`]: 414, 431, and 408 where there is a
 //!   body);
 //! - every error answer (4xx, 5xx) is `application/problem+json`: the [`Problem`] schema, with
@@ -15,7 +15,8 @@
 //!   such field): a header is documented only where the service always sends it;
 //! - `servers` is the relative `/`: the document describes whichever host serves it.
 //!
-//! [`serve`] answers `GET /openapi.json` with the document, serialized once.
+//! [`serve`] answers `GET /openapi.json` with the document, serialized once, and serves the
+//! explorer.
 //!
 //! [`Problem`]: crate::Problem
 
@@ -25,6 +26,8 @@ use axum::http::{HeaderValue, header};
 use axum::routing::get;
 use serde_json::{Map, Value, json};
 use utoipa::openapi::OpenApi;
+
+use crate::explorer;
 
 /// Where every service serves its document.
 pub const PATH: &str = "/openapi.json";
@@ -68,10 +71,11 @@ pub fn document(api: OpenApi) -> Value {
     document
 }
 
-/// Adds `GET /openapi.json`, answering `document` (serialized here, once).
+/// Adds `GET /openapi.json`, answering `document` (serialized here, once), and the explorer
+/// on it (`GET /docs`).
 pub fn serve(router: Router, document: &Value) -> Router {
     let bytes = Bytes::from(document.to_string());
-    router.route(
+    crate::explorer::serve(router).route(
         PATH,
         get(move || {
             let bytes = bytes.clone();
@@ -162,7 +166,7 @@ fn finish_response(status: &str, response: &mut Value) {
 }
 
 /// The routes every service has besides its own (`with_common_layers`, and [`serve`]).
-fn common_paths() -> [(&'static str, Value); 3] {
+fn common_paths() -> [(&'static str, Value); 6] {
     let plain = |description: &str, content_type: &str| json!({"description": description, "content": {content_type: {"schema": {"type": "string"}}}});
     [
         (
@@ -193,6 +197,33 @@ fn common_paths() -> [(&'static str, Value); 3] {
                     "description": "The OpenAPI 3.1 document of this service.",
                     "content": {"application/json": {"schema": {"type": "object"}}},
                 }},
+            }}),
+        ),
+        (
+            explorer::PATH,
+            json!({"get": {
+                "tags": ["operations"],
+                "summary": "The API explorer: this document, interactive (Swagger UI)",
+                "operationId": "docs",
+                "responses": {"200": plain("The explorer's page.", explorer::HTML)},
+            }}),
+        ),
+        (
+            explorer::SCRIPT_PATH,
+            json!({"get": {
+                "tags": ["operations"],
+                "summary": "The explorer's script (Swagger UI's bundle)",
+                "operationId": "docsScript",
+                "responses": {"200": plain("The script.", explorer::JAVASCRIPT)},
+            }}),
+        ),
+        (
+            explorer::STYLE_PATH,
+            json!({"get": {
+                "tags": ["operations"],
+                "summary": "The explorer's style sheet",
+                "operationId": "docsStyle",
+                "responses": {"200": plain("The style sheet.", explorer::CSS)},
             }}),
         ),
     ]
@@ -299,7 +330,14 @@ mod tests {
         assert_eq!(responses["503"]["headers"]["Retry-After"]["required"], true);
         assert!(responses["404"]["headers"].get("Retry-After").is_none());
         assert!(responses["200"].get("content").is_none());
-        for path in ["/healthz", "/metrics", PATH] {
+        for path in [
+            "/healthz",
+            "/metrics",
+            PATH,
+            explorer::PATH,
+            explorer::SCRIPT_PATH,
+            explorer::STYLE_PATH,
+        ] {
             assert!(document["paths"][path]["get"].is_object(), "{path}");
         }
     }

@@ -45,6 +45,9 @@ async fn the_document_is_served_and_is_the_code_s() {
         .collect();
     paths.sort();
     let expected = [
+        ("/docs", vec!["GET"]),
+        ("/docs/swagger-ui-5.35.0/swagger-ui-bundle.js", vec!["GET"]),
+        ("/docs/swagger-ui-5.35.0/swagger-ui.css", vec!["GET"]),
         ("/healthz", vec!["GET"]),
         ("/metrics", vec!["GET"]),
         ("/openapi.json", vec!["GET"]),
@@ -177,4 +180,33 @@ async fn real_answers_are_what_the_document_says() {
         .await;
     assert_eq!(malformed.status, StatusCode::BAD_REQUEST);
     assert_documented(&document, "POST", "/v1/users/{user_id}/posts", &malformed);
+}
+
+/// The API explorer: the page and its assets, with their content types, all served here.
+#[tokio::test]
+async fn the_explorer_and_its_assets_are_served_with_their_content_types() {
+    let app = spawn_shared_app().await;
+    let page = app.get("/docs").await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert_eq!(
+        page.header("content-type"),
+        Some("text/html; charset=utf-8")
+    );
+    for (asset, content_type) in [
+        (
+            "docs/swagger-ui-5.35.0/swagger-ui-bundle.js",
+            "text/javascript; charset=utf-8",
+        ),
+        (
+            "docs/swagger-ui-5.35.0/swagger-ui.css",
+            "text/css; charset=utf-8",
+        ),
+    ] {
+        assert!(page.text.contains(&format!("\"{asset}\"")), "{asset}");
+        let answer = app.get(&format!("/{asset}")).await;
+        assert_eq!(answer.status, StatusCode::OK, "{asset}");
+        assert_eq!(answer.header("content-type"), Some(content_type));
+        assert!(answer.text.len() > 100_000, "{asset} is the whole bundle");
+    }
+    assert!(page.text.contains("\"openapi.json\""));
 }
