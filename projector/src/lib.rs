@@ -16,6 +16,8 @@
 //! - [`stall`]: the watch on partitions nobody projects (a coordinator that lost an assignment),
 //!   which makes the instance rejoin the group.
 //! - [`config`]: flags and environment variables.
+//! - [`log_ends`]: the owned partitions' log ends, asked of the broker, which the store writes
+//!   with the offsets (the lag on the query API's status page).
 //! - [`verify`]: `projector verify`, which projects the log again into a scratch schema and
 //!   compares it with the live read model at the same offsets.
 //! - [`rebuild`]: `projector rebuild`, which projects the log into a new read-model generation
@@ -34,6 +36,7 @@ pub mod config;
 pub mod consumer;
 pub mod decide;
 pub mod generations;
+pub mod log_ends;
 pub mod rebuild;
 mod replay;
 pub mod stall;
@@ -59,6 +62,7 @@ use tokio::sync::oneshot;
 use anyhow::Context as _;
 pub use config::Config;
 use consumer::{Ownership, Progress, Projector};
+use log_ends::LogEndWatch;
 pub use replay::{LogSource, RecordedLog};
 use store::{ActiveStore, LogEnds, Store};
 
@@ -77,6 +81,8 @@ pub struct Application {
     projector: Projector,
     stopping: Arc<AtomicBool>,
     consumer_alive: Arc<AtomicBool>,
+    /// Run beside the consumer loop, for the lag on the query API's status page.
+    log_end_watch: LogEndWatch,
 }
 
 impl Application {
@@ -127,6 +133,13 @@ impl Application {
             stopping.clone(),
             progress.clone(),
         )?;
+        let log_end_watch = LogEndWatch::new(
+            &config.kafka_brokers,
+            &config.kafka_topic,
+            &config.instance_id(),
+            ownership.clone(),
+            log_ends,
+        )?;
         let consumer_alive = Arc::new(AtomicBool::new(true));
         let metrics = Metrics::default();
         register_metrics(&metrics, &progress, &ownership);
@@ -143,6 +156,7 @@ impl Application {
             projector,
             stopping,
             consumer_alive,
+            log_end_watch,
         })
     }
 
@@ -163,7 +177,10 @@ impl Application {
             projector,
             stopping,
             consumer_alive,
+            log_end_watch,
         } = self;
+        // Not joined: it ends within a second of `stopping`, and holds nothing to finish.
+        let _log_end_watch = log_end_watch.spawn(stopping.clone())?;
         let (done_tx, done_rx) = oneshot::channel();
         std::thread::Builder::new()
             .name("projector-consumer".into())

@@ -8,6 +8,7 @@ mod stack;
 
 mod crashes;
 mod determinism;
+mod log_ends;
 mod pipeline;
 mod poison;
 mod rebuild;
