@@ -9,7 +9,7 @@
 //! The browser resolves no host name but the loopback's, so a page that needs the internet (a
 //! CDN asset) fails to render here.
 
-use std::io::{Read as _, Write as _};
+use std::io::{Read, Write as _};
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -186,10 +186,33 @@ impl Drop for Browser {
             let _ = stream.set_read_timeout(Some(PAGE_DEADLINE));
             if stream.write_all(request.as_bytes()).is_ok() {
                 // The answer comes once Chromium is gone.
-                let _ = stream.read_to_end(&mut Vec::new());
+                read_answer(&mut stream);
             }
         }
         let _ = self.driver.start_kill();
+    }
+}
+
+/// Reads one HTTP answer with a `Content-Length` (chromedriver keeps the connection open).
+fn read_answer(stream: &mut std::net::TcpStream) {
+    let mut answer = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while let Ok(n @ 1..) = stream.read(&mut chunk) {
+        answer.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&answer);
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let length = head
+                .lines()
+                .find_map(|line| {
+                    let (name, value) = line.split_once(':')?;
+                    name.eq_ignore_ascii_case("content-length")
+                        .then(|| value.trim().parse::<usize>().ok())?
+                })
+                .unwrap_or(0);
+            if body.len() >= length {
+                return;
+            }
+        }
     }
 }
 

@@ -85,12 +85,11 @@ impl Log {
             .expect("appended");
     }
 
-    /// `n` sign-ups of new users on `partition`.
+    /// `n` sign-ups of new users on `partition`, sent together (the producer keeps their
+    /// order in the partition).
     async fn sign_ups(&self, partition: i32, n: usize) {
-        for _ in 0..n {
-            self.append(partition, &sign_up(Uuid::now_v7()).encode())
-                .await;
-        }
+        let payloads: Vec<Vec<u8>> = (0..n).map(|_| sign_up(Uuid::now_v7()).encode()).collect();
+        futures::future::join_all(payloads.iter().map(|p| self.append(partition, p))).await;
     }
 }
 
