@@ -11,7 +11,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::{self, SendRequest};
-use hyper::header::{self, HeaderName, HeaderValue};
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, Request, StatusCode, Uri};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
@@ -136,6 +136,8 @@ impl RequestBuilder {
 #[derive(Debug)]
 pub struct Answer {
     pub status: StatusCode,
+    /// Kept for the callers that judge them (`loadgen chaos` checks a 503's `Retry-After`).
+    pub headers: HeaderMap,
     pub body: Bytes,
 }
 
@@ -187,8 +189,13 @@ impl Connection {
         let sender = self.ready_sender().await?;
         let response = sender.send_request(request).await?;
         let status = response.status();
-        let body = response.into_body().collect().await?.to_bytes();
-        Ok(Answer { status, body })
+        let (parts, body) = response.into_parts();
+        let body = body.collect().await?.to_bytes();
+        Ok(Answer {
+            status,
+            headers: parts.headers,
+            body,
+        })
     }
 
     async fn ready_sender(&mut self) -> Result<&mut SendRequest<Full<Bytes>>, TransportError> {

@@ -1,4 +1,5 @@
-//! The command line: `loadgen run` and `loadgen bare-server`, from flags or environment.
+//! The command line: `loadgen run`, `loadgen chaos` and `loadgen bare-server`, from flags or
+//! environment.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -22,6 +23,9 @@ pub struct Cli {
 pub enum Command {
     /// Seed a population, then run the workload and report per operation.
     Run(Box<RunConfig>),
+    /// Write and read at a steady rate while faults are injected, then check that no
+    /// acknowledged write was lost or applied twice and no token read was stale.
+    Chaos(Box<ChaosConfig>),
     /// Serve a fixed post from memory: the baseline a cached read is compared with.
     BareServer(BareServerConfig),
 }
@@ -191,6 +195,67 @@ impl RunConfig {
     pub fn sends_writes(&self) -> bool {
         self.read_share() < 1.0
     }
+}
+
+/// `loadgen chaos`: the client and checker of a fault-injection run (see [`crate::chaos`]).
+#[derive(Debug, Clone, Parser)]
+pub struct ChaosConfig {
+    /// Base URL of the command API (writes). Plain http only.
+    #[arg(long, env = "LOADGEN_COMMAND_URL")]
+    pub command_url: String,
+
+    /// Base URL of the query API (reads).
+    #[arg(long, env = "LOADGEN_QUERY_URL")]
+    pub query_url: String,
+
+    /// Writer tasks. Each registers its own one or two users and is the only one to write as
+    /// them, one operation at a time, so the order of each user's writes is known.
+    #[arg(long, env = "LOADGEN_CHAOS_WRITERS", default_value_t = 8,
+          value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub writers: u32,
+
+    /// Writes per second, all writers together. A writer whose write is held up by retries
+    /// skips the slots it missed rather than burst afterwards.
+    #[arg(long, env = "LOADGEN_CHAOS_WRITE_RATE", default_value_t = 40.0, value_parser = parse_positive)]
+    pub write_rate: f64,
+
+    /// Reads after each acknowledged write, with its consistency token: the written resource,
+    /// and every third one the command's decision.
+    #[arg(long, env = "LOADGEN_CHAOS_READS_PER_WRITE", default_value_t = 3,
+          value_parser = clap::value_parser!(u32).range(0..=100))]
+    pub reads_per_write: u32,
+
+    /// The fault timeline the orchestrator writes while the run goes (JSON lines
+    /// `{"at_ms", "fault", "phase"}`), read at the end. A missing file means no fault windows.
+    #[arg(long, env = "LOADGEN_CHAOS_TIMELINE")]
+    pub timeline: Option<PathBuf>,
+
+    /// Write the JSON report here.
+    #[arg(long, env = "LOADGEN_CHAOS_OUT")]
+    pub out: Option<PathBuf>,
+
+    /// After the load, how long to wait for every acknowledged command to be decided; one
+    /// still undecided then is lost.
+    #[arg(long, env = "LOADGEN_CHAOS_SETTLE_TIMEOUT", default_value = "180s", value_parser = parse_duration)]
+    pub settle_timeout: Duration,
+
+    /// Stop the load after this long; without it, the load runs until SIGINT or SIGTERM.
+    #[arg(long, env = "LOADGEN_CHAOS_DURATION", value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+
+    /// How long one operation keeps retrying (503s, honouring `Retry-After`, connection errors,
+    /// timeouts) with the same idempotency key before it gives up, which fails the run.
+    #[arg(long, env = "LOADGEN_CHAOS_RETRY_FOR", default_value = "120s", value_parser = parse_duration)]
+    pub retry_for: Duration,
+
+    /// Longest wait for one answer; past it the attempt counts as a timeout and is retried.
+    #[arg(long, env = "LOADGEN_CHAOS_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub timeout: Duration,
+
+    /// A fault window recovered when no request failed in its last stretch of this length:
+    /// the orchestrator leaves at least this much healthy load after each fault is ready.
+    #[arg(long, env = "LOADGEN_CHAOS_RECOVERY_TAIL", default_value = "5s", value_parser = parse_duration)]
+    pub recovery_tail: Duration,
 }
 
 /// `loadgen bare-server`.
@@ -375,7 +440,7 @@ mod tests {
         let cli = Cli::try_parse_from(all)?;
         match cli.command {
             Command::Run(config) => Ok(*config),
-            Command::BareServer(_) => panic!("parsed as bare-server"),
+            other => panic!("parsed as {other:?}"),
         }
     }
 
@@ -421,6 +486,60 @@ mod tests {
         }
         if std::env::var_os("LOADGEN_WARMUP").is_none() {
             assert_eq!(config.warmup, Duration::from_secs(5));
+        }
+    }
+
+    fn chaos_config(args: &[&str]) -> Result<ChaosConfig, clap::Error> {
+        let mut all = vec![
+            "loadgen",
+            "chaos",
+            "--command-url",
+            "http://c",
+            "--query-url",
+            "http://q",
+        ];
+        all.extend_from_slice(args);
+        match Cli::try_parse_from(all)?.command {
+            Command::Chaos(config) => Ok(*config),
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn chaos_takes_the_agreed_flags() {
+        let config = chaos_config(&[
+            "--writers",
+            "2",
+            "--write-rate",
+            "5",
+            "--reads-per-write",
+            "0",
+            "--timeline",
+            "t.jsonl",
+            "--out",
+            "r.json",
+            "--settle-timeout",
+            "30s",
+            "--duration",
+            "1m",
+        ])
+        .expect("flags parse");
+        assert_eq!(config.writers, 2);
+        assert_eq!(config.write_rate, 5.0);
+        assert_eq!(config.reads_per_write, 0);
+        assert_eq!(config.timeline, Some(PathBuf::from("t.jsonl")));
+        assert_eq!(config.out, Some(PathBuf::from("r.json")));
+        assert_eq!(config.settle_timeout, Duration::from_secs(30));
+        assert_eq!(config.duration, Some(Duration::from_secs(60)));
+        if std::env::var_os("LOADGEN_CHAOS_DURATION").is_none() {
+            assert_eq!(chaos_config(&[]).expect("defaults").duration, None);
+        }
+        for bad in [
+            &["--writers", "0"][..],
+            &["--write-rate", "0"],
+            &["--settle-timeout", "x"],
+        ] {
+            assert!(chaos_config(bad).is_err(), "{bad:?}");
         }
     }
 

@@ -17,11 +17,18 @@
 //! # The bare-handler baseline: a fixed post from memory, and reads of it.
 //! loadgen bare-server --addr 127.0.0.1:8090 &
 //! loadgen run --reads-only --read-mix posts=100 --no-seed --query-url http://127.0.0.1:8090
+//!
+//! # The client and checker of a fault-injection run (`./dev chaos` starts it): write and read
+//! # until SIGTERM, then check that no acknowledged write was lost or applied twice, and report
+//! # the failed requests per fault window of the orchestrator's timeline.
+//! loadgen chaos --command-url http://127.0.0.1:8080 --query-url http://127.0.0.1:8081 \
+//!     --writers 8 --write-rate 40 --timeline timeline.jsonl --out chaos.json
 //! ```
 //!
 //! Every flag has an environment variable (`LOADGEN_*`); `loadgen run --help` lists them. The
-//! exit status is 0 when the run completed, errors or not (the report shows them), and non-zero
-//! only when it could not run (for instance, seeding could not reach the API).
+//! exit status of `run` is 0 when the run completed, errors or not (the report shows them); of
+//! `chaos`, 0 when every check passed and 1 when one failed. It is 2 when a command could not
+//! run at all (for instance, seeding or sign-ups could not reach the API).
 //!
 //! Layout:
 //! - [`config`]: the command line ([`Cli`], [`RunConfig`], [`BareServerConfig`]).
@@ -33,10 +40,12 @@
 //! - [`sampling`]: the seeded generator and the Zipf sampler.
 //! - [`recorder`]: histograms and counters per operation, per second and overall.
 //! - [`report`]: the table and the JSON; [`plot`]: the SVG.
+//! - [`chaos`]: `loadgen chaos`, the fault-injection run's load and checks.
 //! - [`bare_server`]: `loadgen bare-server`.
 //! - here: [`execute`] (what `main` runs) and [`run_and_report`].
 
 pub mod bare_server;
+pub mod chaos;
 pub mod client;
 pub mod config;
 pub mod operation;
@@ -51,20 +60,25 @@ pub mod status_line;
 pub mod workload;
 
 use std::future::Future;
+use std::process::ExitCode;
 
 use anyhow::Context;
 
 pub use bare_server::BareServer;
-pub use config::{BareServerConfig, Cli, Command, Mode, RunConfig};
+pub use config::{BareServerConfig, ChaosConfig, Cli, Command, Mode, RunConfig};
 pub use operation::Operation;
 pub use report::Report;
 
-/// Runs a parsed command line until it is done or Ctrl-C.
-pub async fn execute(cli: Cli) -> anyhow::Result<()> {
+/// Runs a parsed command line until it is done or stopped; the exit status when it could run.
+pub async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Run(config) => {
             run_and_report(*config, interrupted()).await?;
-            Ok(())
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Chaos(config) => {
+            let report = chaos::run_and_report(*config, terminated()).await?;
+            Ok(ExitCode::from(report.exit_code()))
         }
         Command::BareServer(config) => {
             let server = BareServer::bind(config.addr).await?;
@@ -73,7 +87,8 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
                 server.address(),
                 bare_server::body_len()
             );
-            server.run(interrupted()).await
+            server.run(interrupted()).await?;
+            Ok(ExitCode::SUCCESS)
         }
     }
 }
@@ -105,5 +120,25 @@ pub async fn run_and_report(
 async fn interrupted() {
     if tokio::signal::ctrl_c().await.is_err() {
         std::future::pending::<()>().await;
+    }
+}
+
+/// Resolves on Ctrl-C or SIGTERM (how an orchestrator stops a run). A signal whose handler
+/// cannot be installed is never awaited.
+async fn terminated() {
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = interrupted() => {}
+        () = terminate => {}
     }
 }

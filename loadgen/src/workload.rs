@@ -510,6 +510,7 @@ mod tests {
         let not_found = || {
             Ok(Answer {
                 status: StatusCode::NOT_FOUND,
+                headers: Default::default(),
                 body: Bytes::new(),
             })
         };
@@ -527,6 +528,7 @@ mod tests {
         );
         let not_modified = Ok(Answer {
             status: StatusCode::NOT_MODIFIED,
+            headers: Default::default(),
             body: Bytes::new(),
         });
         assert_eq!(workload.judge_read(not_modified, None), Outcome::Success);
@@ -541,6 +543,7 @@ mod tests {
         let answer = |body: &'static str| {
             Ok(Answer {
                 status: StatusCode::ACCEPTED,
+                headers: Default::default(),
                 body: Bytes::from_static(body.as_bytes()),
             })
         };

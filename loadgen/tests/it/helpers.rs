@@ -33,7 +33,7 @@ pub fn run_config(args: &[&str]) -> RunConfig {
     all.extend_from_slice(args);
     match Cli::try_parse_from(all).expect("flags parse").command {
         Command::Run(config) => *config,
-        Command::BareServer(_) => panic!("not a run"),
+        other => panic!("not a run: {other:?}"),
     }
 }
 
