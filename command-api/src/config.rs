@@ -5,9 +5,11 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
+use service_kit::server::Timeouts;
 pub use service_kit::telemetry::LogFormat;
 
 use crate::auth::Keys;
+use crate::client_ip::TrustedProxies;
 
 /// The command API: validates writes, appends them to Kafka as events, answers 202.
 #[derive(Debug, Clone, Parser)]
@@ -64,6 +66,19 @@ pub struct Config {
           value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
     pub write_burst: u32,
 
+    /// Proxies whose `X-Forwarded-For` is believed: IP addresses or CIDR ranges,
+    /// comma-separated (`10.0.0.0/8,::1`). A sign-up from one of them is limited by the
+    /// rightmost address in that header that is not itself a trusted proxy (a malformed header:
+    /// by the peer). Empty, the default: trust no one, and limit every sign-up by its peer
+    /// address.
+    #[arg(
+        long,
+        env = "TRUSTED_PROXIES",
+        default_value = "",
+        hide_default_value = true
+    )]
+    pub trusted_proxies: TrustedProxies,
+
     /// How long start-up keeps trying to reach the broker (to create the topic) before it
     /// gives up.
     #[arg(long, env = "KAFKA_STARTUP_TIMEOUT_MS", default_value_t = 30_000,
@@ -87,6 +102,11 @@ pub struct Config {
     /// Log line format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+
+    /// How long a client may take over a request's headers and its body: the server loop's
+    /// defaults (10 s each); not a flag, the tests shorten them.
+    #[arg(skip)]
+    pub client_timeouts: Timeouts,
 }
 
 /// A setting that holds secrets: parsed by the service itself (so that a bad value's error never
@@ -118,10 +138,12 @@ impl Config {
             max_in_flight_writes: 4096,
             write_rate_per_sec: 20,
             write_burst: 40,
+            trusted_proxies: TrustedProxies::default(),
             kafka_startup_timeout_ms: 30_000,
             auth_keys: None,
             auth_token_ttl_secs: None,
             log_format: LogFormat::Text,
+            client_timeouts: Timeouts::default(),
         }
     }
 
@@ -163,6 +185,10 @@ mod tests {
         if std::env::var_os("KAFKA_TOPIC").is_none() {
             assert_eq!(config.kafka_topic, "user-data-events");
         }
+        if std::env::var_os("TRUSTED_PROXIES").is_none() {
+            assert!(config.trusted_proxies.is_empty(), "trust no one");
+        }
+        assert_eq!(config.client_timeouts, Timeouts::default());
     }
 
     #[test]
@@ -181,6 +207,8 @@ mod tests {
             "0",
             "--write-burst",
             "5",
+            "--trusted-proxies",
+            "10.0.0.0/8, 192.0.2.7",
             "--log-format",
             "json",
         ])
@@ -190,6 +218,10 @@ mod tests {
         assert_eq!(config.append_timeout(), Duration::from_millis(250));
         assert_eq!(config.max_in_flight_writes, 8);
         assert_eq!((config.write_rate_per_sec, config.write_burst), (0, 5));
+        assert_eq!(
+            config.trusted_proxies.to_string(),
+            "10.0.0.0/8,192.0.2.7/32"
+        );
         assert_eq!(config.log_format, LogFormat::Json);
 
         for bad in [
@@ -198,6 +230,7 @@ mod tests {
             ["--max-in-flight-writes", "0"],
             ["--write-rate-per-sec", "-1"],
             ["--write-burst", "lots"],
+            ["--trusted-proxies", "10.0.0.0/8,proxy.local"],
             ["--log-format", "xml"],
             ["--auth-token-ttl-secs", "0"],
             ["--auth-token-ttl-secs", "soon"],

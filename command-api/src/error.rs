@@ -6,6 +6,7 @@
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use service_kit::limits::BodyReadTimeout;
 use service_kit::{FieldError, Problem};
 use uuid::Uuid;
 
@@ -26,6 +27,11 @@ pub enum ApiError {
     MalformedJson(String),
     #[error("the request body could not be read: {0}")]
     UnreadableBody(String),
+    #[error("the request body nests arrays and objects more than {limit} deep")]
+    JsonTooDeep { limit: usize },
+    /// The client did not send its whole body in time: 408, and the connection is closed.
+    #[error("{0}; the connection is closed")]
+    BodyReadTimeout(BodyReadTimeout),
     #[error("the request body is larger than {limit} bytes")]
     BodyTooLarge { limit: usize },
     #[error("the request body must be JSON (Content-Type: application/json), not {found}")]
@@ -66,6 +72,7 @@ impl ApiError {
         match self {
             ApiError::MalformedJson(_)
             | ApiError::UnreadableBody(_)
+            | ApiError::JsonTooDeep { .. }
             | ApiError::InvalidPathId { .. }
             | ApiError::InvalidPath(_)
             | ApiError::MalformedIfMatch
@@ -73,6 +80,7 @@ impl ApiError {
             ApiError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden { .. } => StatusCode::FORBIDDEN,
             ApiError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::BodyReadTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
@@ -89,6 +97,8 @@ impl ApiError {
         match self {
             ApiError::MalformedJson(_) => client_error("malformed-json", "Malformed JSON"),
             ApiError::UnreadableBody(_) => client_error("unreadable-body", "Unreadable body"),
+            ApiError::JsonTooDeep { .. } => client_error("json-too-deep", "JSON nested too deeply"),
+            ApiError::BodyReadTimeout(_) => client_error("request-timeout", "Request timeout"),
             ApiError::BodyTooLarge { .. } => client_error("payload-too-large", "Payload too large"),
             ApiError::UnsupportedMediaType { .. } => {
                 client_error("unsupported-media-type", "Unsupported media type")
@@ -153,10 +163,20 @@ impl IntoResponse for ApiError {
             _ => tracing::debug!(error = %self, "request rejected"),
         }
         let mut response = self.to_problem().into_response();
-        if let ApiError::Unauthenticated(failure) = &self {
-            response
-                .headers_mut()
-                .insert(header::WWW_AUTHENTICATE, www_authenticate(*failure));
+        match &self {
+            ApiError::Unauthenticated(failure) => {
+                response
+                    .headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, www_authenticate(*failure));
+            }
+            // The rest of the body may still come, and nothing would read it: the connection
+            // cannot carry another request (RFC 9110 §15.5.9).
+            ApiError::BodyReadTimeout(_) => {
+                response
+                    .headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            _ => {}
         }
         response
     }
@@ -229,6 +249,10 @@ mod tests {
         let mistakes = [
             ApiError::MalformedJson("x".into()),
             ApiError::UnreadableBody("x".into()),
+            ApiError::JsonTooDeep { limit: 32 },
+            ApiError::BodyReadTimeout(BodyReadTimeout {
+                timeout: std::time::Duration::from_secs(10),
+            }),
             ApiError::BodyTooLarge { limit: 1 },
             ApiError::UnsupportedMediaType {
                 found: "text/plain".into(),

@@ -8,6 +8,7 @@ use axum::extract::{FromRequest, FromRequestParts, Path, Request};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderName, StatusCode, header};
 use serde_json::Value;
+use service_kit::limits::find_body_read_timeout;
 use uuid::Uuid;
 
 use crate::error::ApiError;
@@ -16,10 +17,16 @@ use crate::error::ApiError;
 pub const BODY_LIMIT: usize = 64 * 1024;
 
 pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
-const IDEMPOTENCY_KEY_MAX_LEN: usize = 200;
+pub const IDEMPOTENCY_KEY_MAX_LEN: usize = 200;
+
+/// How deeply a body's arrays and objects may nest. Every body of ours is one flat object
+/// (depth 1); serde_json's own bound is 128, and its error for it only says "recursion limit
+/// exceeded".
+pub const MAX_JSON_DEPTH: usize = 32;
 
 /// A write's JSON body, parsed but not yet checked against any field rule. Needs a JSON
-/// `Content-Type` (415 otherwise), at most [`BODY_LIMIT`] bytes (413) and valid JSON (400).
+/// `Content-Type` (415 otherwise), at most [`BODY_LIMIT`] bytes (413), sent within the server's
+/// body read timeout (408), nested at most [`MAX_JSON_DEPTH`] deep (400) and valid JSON (400).
 #[derive(Debug)]
 pub struct JsonBody(pub Value);
 
@@ -34,15 +41,54 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
             .map_err(|rejection| {
                 if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
                     ApiError::BodyTooLarge { limit: BODY_LIMIT }
+                } else if let Some(timeout) = find_body_read_timeout(&rejection) {
+                    ApiError::BodyReadTimeout(timeout)
                 } else {
                     ApiError::UnreadableBody(rejection.body_text())
                 }
             })?;
+        if nests_deeper_than(&bytes, MAX_JSON_DEPTH) {
+            return Err(ApiError::JsonTooDeep {
+                limit: MAX_JSON_DEPTH,
+            });
+        }
         // serde_json also refuses invalid UTF-8 and lone surrogate escapes.
         let value =
             serde_json::from_slice(&bytes).map_err(|e| ApiError::MalformedJson(e.to_string()))?;
         Ok(JsonBody(value))
     }
+}
+
+/// Whether `bytes` open more than `limit` arrays and objects inside each other (brackets in
+/// strings do not count). One pass without allocating, before the parser recurses; on text that
+/// is not JSON the answer means nothing, and the parser refuses that text anyway.
+fn nests_deeper_than(bytes: &[u8], limit: usize) -> bool {
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    for &byte in bytes {
+        if in_string {
+            match byte {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match byte {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > limit {
+                    return true;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
 }
 
 /// `application/json` or any `application/<x>+json`, with any parameters (such as charset).
@@ -301,6 +347,23 @@ mod tests {
         assert_eq!(parse_idempotency_key(b"tab\there"), None);
         assert_eq!(parse_idempotency_key("clé".as_bytes()), None);
         assert_eq!(parse_idempotency_key(b"del\x7f"), None);
+    }
+
+    #[test]
+    fn nesting_is_counted_outside_strings_up_to_the_limit() {
+        let nested = |depth: usize| format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+        assert!(!nests_deeper_than(nested(32).as_bytes(), 32));
+        assert!(nests_deeper_than(nested(33).as_bytes(), 32));
+        // Unclosed, as an attacker sends it: found without reading to the end.
+        assert!(nests_deeper_than("[".repeat(60_000).as_bytes(), 32));
+        assert!(nests_deeper_than(br#"{"a":{"b":[{"c":[]}]}}"#, 3));
+        assert!(!nests_deeper_than(br#"{"a":{"b":[{"c":[]}]}}"#, 5));
+        // Siblings do not add up.
+        assert!(!nests_deeper_than(br#"[[],[],{},[[]]]"#, 3));
+        // Brackets and escaped quotes inside strings are text.
+        assert!(!nests_deeper_than(br#"{"title": "[[[[{{{{"}"#, 1));
+        assert!(!nests_deeper_than(br#"{"t": "a\"[[[[", "u": "\\"}"#, 1));
+        assert!(nests_deeper_than(br#"{"t": "\\", "u": [[]]}"#, 2));
     }
 
     #[test]

@@ -17,17 +17,23 @@
 //! - [`appender`]: the Kafka producer, topic creation and the readiness probe.
 //! - [`backpressure`]: the bound on writes waiting for the broker, and the 503 past it.
 //! - [`ratelimit`]: per-client write rate limits (token buckets), and the 429 past them.
+//! - [`client_ip`]: who a sign-up comes from behind trusted proxies (`X-Forwarded-For`).
 //! - [`error`]: [`error::ApiError`], every failure and its problem+json answer.
-//! - here: [`Application`] (bind, run, graceful shutdown) and [`router`].
+//! - [`openapi`]: the OpenAPI document's parameters, bodies and security scheme; each route's
+//!   own part is its handler's `#[utoipa::path]`.
+//! - here: [`Application`] (bind, run, graceful shutdown), [`router`] and [`openapi`]'s
+//!   document ([`openapi_document`]).
 
 pub mod appender;
 pub mod auth;
 pub mod backpressure;
+pub mod client_ip;
 pub mod command;
 pub mod config;
 pub mod error;
 pub mod extract;
 pub mod ids;
+pub mod openapi;
 pub mod ratelimit;
 pub mod routes;
 
@@ -39,16 +45,19 @@ use anyhow::Context;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::middleware;
-use axum::routing::{get, patch, post};
 use service_kit::metrics::Metrics;
+use service_kit::server::Timeouts;
 use tokio::net::TcpListener;
+use utoipa::OpenApi as _;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 pub use config::{Config, LogFormat};
 
 use crate::appender::Appender;
 use crate::auth::{Keys, Tokens};
 use crate::backpressure::InFlightWrites;
-use crate::command::routes as paths;
+use crate::client_ip::TrustedProxies;
 use crate::extract::BODY_LIMIT;
 use crate::ratelimit::WriteLimits;
 
@@ -58,8 +67,39 @@ pub struct AppState {
     pub appender: Arc<Appender>,
     pub in_flight: Arc<InFlightWrites>,
     pub write_limits: Arc<WriteLimits>,
+    /// Whose `X-Forwarded-For` names a sign-up's client.
+    pub trusted_proxies: Arc<TrustedProxies>,
     pub tokens: Arc<Tokens>,
     pub metrics: Metrics,
+}
+
+/// The writes under a user's path, without their layer (see [`router`]).
+fn owned_writes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(routes::update_profile, routes::delete_user))
+        .routes(routes!(routes::publish_post))
+        .routes(routes!(routes::edit_post, routes::delete_post))
+}
+
+fn sign_up() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(routes::register_user))
+}
+
+fn operations() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(routes::readyz))
+}
+
+/// The service's OpenAPI document, as `GET /openapi.json` answers it, without a running service:
+/// [`router`] builds its own the same way from the same routes. Every route is registered with
+/// `routes!`, which takes its method and path from the handler's `#[utoipa::path]`; the routes
+/// the common layers add are `service_kit::openapi`'s.
+pub fn openapi_document() -> serde_json::Value {
+    let api = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .merge(sign_up())
+        .merge(owned_writes())
+        .merge(operations())
+        .into_openapi();
+    service_kit::openapi::document(api)
 }
 
 /// The service's routes, with the layers every service of the system has.
@@ -71,34 +111,25 @@ pub fn router(state: AppState) -> Router {
     // thought; its handler's `Caller` extractor fails (500) if it ever is not. The same layer
     // applies the caller's write rate limit (429), once the caller is known and before the body
     // is read.
-    let owned = Router::new()
-        .route(
-            paths::USER,
-            patch(routes::update_profile).delete(routes::delete_user),
-        )
-        .route(paths::USER_POSTS, post(routes::publish_post))
-        .route(
-            paths::USER_POST,
-            patch(routes::edit_post).delete(routes::delete_post),
-        )
-        .route_layer(middleware::from_fn_with_state(
-            state.clone(),
-            routes::require_path_user,
-        ));
+    let owned = owned_writes().route_layer(middleware::from_fn_with_state(
+        state.clone(),
+        routes::require_path_user,
+    ));
     // Sign-up is open: it is how a client gets its token. Its rate limit is by peer IP, in a
     // route layer of its own so that it runs before the body is read.
-    let sign_up = Router::new()
-        .route(paths::USERS, post(routes::register_user))
-        .route_layer(middleware::from_fn_with_state(
-            state.clone(),
-            routes::limit_sign_ups,
-        ));
+    let sign_up = sign_up().route_layer(middleware::from_fn_with_state(
+        state.clone(),
+        routes::limit_sign_ups,
+    ));
     let writes = sign_up
         .merge(owned)
         .layer(DefaultBodyLimit::max(BODY_LIMIT));
-    let api = writes
-        .route("/readyz", get(routes::readyz))
-        .with_state(state);
+    let (api, document) = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .merge(writes)
+        .merge(operations())
+        .with_state(state)
+        .split_for_parts();
+    let api = service_kit::openapi::serve(api, &service_kit::openapi::document(document));
     service_kit::http::with_common_layers(api, metrics)
 }
 
@@ -108,6 +139,7 @@ pub struct Application {
     router: Router,
     appender: Arc<Appender>,
     address: SocketAddr,
+    client_timeouts: Timeouts,
 }
 
 impl std::fmt::Debug for Application {
@@ -171,10 +203,17 @@ impl Application {
         if config.write_rate_per_sec == 0 || config.write_burst == 0 {
             tracing::info!("write rate limits are off (WRITE_RATE_PER_SEC or WRITE_BURST is 0)");
         }
+        if !config.trusted_proxies.is_empty() {
+            tracing::info!(
+                trusted_proxies = %config.trusted_proxies,
+                "sign-ups from these proxies are limited by their X-Forwarded-For client"
+            );
+        }
         let state = AppState {
             appender: Arc::clone(&appender),
             in_flight,
             write_limits,
+            trusted_proxies: Arc::new(config.trusted_proxies),
             tokens,
             metrics,
         };
@@ -183,6 +222,7 @@ impl Application {
             router: router(state),
             appender,
             address,
+            client_timeouts: config.client_timeouts,
         })
     }
 
@@ -197,7 +237,8 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         tracing::info!(address = %self.address, topic = self.appender.topic(), "command API listening");
-        service_kit::server::serve(self.listener, self.router, shutdown).await;
+        service_kit::server::serve_with(self.listener, self.router, shutdown, self.client_timeouts)
+            .await;
         self.appender.flush().await;
         tracing::info!("command API stopped");
         Ok(())

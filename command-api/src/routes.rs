@@ -18,9 +18,11 @@ use uuid::Uuid;
 
 use crate::AppState;
 use crate::auth;
+use crate::command::routes as paths;
 use crate::command::{self, Write};
 use crate::error::ApiError;
 use crate::extract::{Caller, ExpectedVersion, IdempotencyKey, JsonBody, PostPath, UserPath};
+use crate::openapi::{EditPost, PublishPost, RegisterUser, SignedUp, UpdateProfile};
 use crate::ratelimit::Client;
 
 pub const CONSISTENCY_TOKEN: HeaderName = HeaderName::from_static("consistency-token");
@@ -74,8 +76,9 @@ pub async fn require_path_user(
     }
 }
 
-/// The route layer of sign-up: its write rate limit is by the peer's IP, as it has no user
-/// yet (429 past it), checked before the body is read.
+/// The route layer of sign-up: its write rate limit is by the client's IP, as it has no user
+/// yet (429 past it), checked before the body is read. The client is the peer, or behind a
+/// trusted proxy the address its `X-Forwarded-For` names ([`crate::client_ip`]).
 pub async fn limit_sign_ups(
     State(state): State<AppState>,
     request: Request,
@@ -86,15 +89,36 @@ pub async fn limit_sign_ups(
     let Some(&ConnectInfo(peer)) = request.extensions().get::<ConnectInfo<SocketAddr>>() else {
         return ApiError::Internal("a sign-up without its peer address".to_owned()).into_response();
     };
-    match state
-        .write_limits
-        .check(Client::Ip(peer.ip().to_canonical()), Instant::now())
-    {
+    let client = state
+        .trusted_proxies
+        .client_ip(peer.ip(), request.headers());
+    match state.write_limits.check(Client::Ip(client), Instant::now()) {
         Ok(()) => next.run(request).await,
         Err(limited) => ApiError::RateLimited(limited).into_response(),
     }
 }
 
+#[utoipa::path(
+    post,
+    path = paths::USERS,
+    tag = "writes",
+    params(IdempotencyKey),
+    request_body(content = RegisterUser, content_type = "application/json"),
+    responses(
+        (status = 202, description = "Accepted: the event is in the log. The projector decides it next \
+            (GET /v1/commands/{command_id} on the query API).", body = SignedUp,
+            headers(
+                ("Location" = String, description = "/v1/commands/{command_id}: where the decision will be."),
+                ("Consistency-Token" = String, description = "The write's log position: a read that sends it back is answered once the read model includes this write."),
+            )),
+        (status = 400, description = "Malformed: JSON or Idempotency-Key."),
+        (status = 413, description = "The body is larger than 64 KiB."),
+        (status = 415, description = "The Content-Type is not JSON (application/json or application/*+json)."),
+        (status = 422, description = "Well-formed JSON that breaks a field rule: `errors` names each field."),
+        (status = 429, description = "Over the caller's write rate limit (by IP, for sign-ups); nothing appended."),
+        (status = 503, description = "Not appended (too many writes waiting, or the log unreachable), or unknown after a timeout: retry, with the same Idempotency-Key."),
+    )
+)]
 /// `POST /v1/users`: open, and its answer carries the new user's access token.
 pub async fn register_user(
     State(state): State<AppState>,
@@ -110,7 +134,32 @@ pub async fn register_user(
     Ok(accepted)
 }
 
-/// `PATCH /v1/users/{user_id}`
+#[utoipa::path(
+    patch,
+    path = paths::USER,
+    tag = "writes",
+    params(UserPath, ExpectedVersion, IdempotencyKey),
+    request_body(content = UpdateProfile, content_type = "application/json"),
+    security(("bearer" = [])),
+    responses(
+        (status = 202, description = "Accepted: the event is in the log. The projector decides it next \
+            (GET /v1/commands/{command_id} on the query API).", body = AcceptedBody,
+            headers(
+                ("Location" = String, description = "/v1/commands/{command_id}: where the decision will be."),
+                ("Consistency-Token" = String, description = "The write's log position: a read that sends it back is answered once the read model includes this write."),
+            )),
+        (status = 400, description = "Malformed: JSON, a path id that is not a UUID, If-Match, or Idempotency-Key."),
+        (status = 401, description = "No valid bearer token.",
+            headers(("WWW-Authenticate" = String, description = "The Bearer challenge (RFC 6750), with `error=\"invalid_token\"` when a token was sent."))),
+        (status = 403, description = "The bearer token is another user's than the path's."),
+        (status = 413, description = "The body is larger than 64 KiB."),
+        (status = 415, description = "The Content-Type is not JSON (application/json or application/*+json)."),
+        (status = 422, description = "Well-formed JSON that breaks a field rule: `errors` names each field."),
+        (status = 429, description = "Over the caller's write rate limit (by user); nothing appended."),
+        (status = 503, description = "Not appended (too many writes waiting, or the log unreachable), or unknown after a timeout: retry, with the same Idempotency-Key."),
+    )
+)]
+/// `PATCH /v1/users/{user_id}`: edit the user's profile.
 pub async fn update_profile(
     State(state): State<AppState>,
     caller: Caller,
@@ -131,7 +180,30 @@ pub async fn update_profile(
     .await
 }
 
-/// `DELETE /v1/users/{user_id}`; any body is ignored.
+#[utoipa::path(
+    delete,
+    path = paths::USER,
+    tag = "writes",
+    params(UserPath, ExpectedVersion, IdempotencyKey),
+    security(("bearer" = [])),
+    responses(
+        (status = 202, description = "Accepted: the event is in the log. The projector decides it next \
+            (GET /v1/commands/{command_id} on the query API).", body = AcceptedBody,
+            headers(
+                ("Location" = String, description = "/v1/commands/{command_id}: where the decision will be."),
+                ("Consistency-Token" = String, description = "The write's log position: a read that sends it back is answered once the read model includes this write."),
+            )),
+        (status = 400, description = "Malformed: a path id that is not a UUID, If-Match, or Idempotency-Key."),
+        (status = 401, description = "No valid bearer token.",
+            headers(("WWW-Authenticate" = String, description = "The Bearer challenge (RFC 6750), with `error=\"invalid_token\"` when a token was sent."))),
+        (status = 403, description = "The bearer token is another user's than the path's."),
+        (status = 429, description = "Over the caller's write rate limit (by user); nothing appended."),
+        (status = 503, description = "Not appended (too many writes waiting, or the log unreachable), or unknown after a timeout: retry, with the same Idempotency-Key."),
+    )
+)]
+/// `DELETE /v1/users/{user_id}`: delete the user and, with it, the user's posts.
+///
+/// Any body is ignored.
 pub async fn delete_user(
     State(state): State<AppState>,
     caller: Caller,
@@ -150,7 +222,32 @@ pub async fn delete_user(
     .await
 }
 
-/// `POST /v1/users/{user_id}/posts`
+#[utoipa::path(
+    post,
+    path = paths::USER_POSTS,
+    tag = "writes",
+    params(UserPath, IdempotencyKey),
+    request_body(content = PublishPost, content_type = "application/json"),
+    security(("bearer" = [])),
+    responses(
+        (status = 202, description = "Accepted: the event is in the log. The projector decides it next \
+            (GET /v1/commands/{command_id} on the query API).", body = AcceptedBody,
+            headers(
+                ("Location" = String, description = "/v1/commands/{command_id}: where the decision will be."),
+                ("Consistency-Token" = String, description = "The write's log position: a read that sends it back is answered once the read model includes this write."),
+            )),
+        (status = 400, description = "Malformed: JSON, a path id that is not a UUID, If-Match, or Idempotency-Key."),
+        (status = 401, description = "No valid bearer token.",
+            headers(("WWW-Authenticate" = String, description = "The Bearer challenge (RFC 6750), with `error=\"invalid_token\"` when a token was sent."))),
+        (status = 403, description = "The bearer token is another user's than the path's."),
+        (status = 413, description = "The body is larger than 64 KiB."),
+        (status = 415, description = "The Content-Type is not JSON (application/json or application/*+json)."),
+        (status = 422, description = "Well-formed JSON that breaks a field rule: `errors` names each field."),
+        (status = 429, description = "Over the caller's write rate limit (by user); nothing appended."),
+        (status = 503, description = "Not appended (too many writes waiting, or the log unreachable), or unknown after a timeout: retry, with the same Idempotency-Key."),
+    )
+)]
+/// `POST /v1/users/{user_id}/posts`: publish a post.
 pub async fn publish_post(
     State(state): State<AppState>,
     caller: Caller,
@@ -163,7 +260,32 @@ pub async fn publish_post(
     accept(&state, Some(caller), write, event, key, None).await
 }
 
-/// `PATCH /v1/users/{user_id}/posts/{post_id}`
+#[utoipa::path(
+    patch,
+    path = paths::USER_POST,
+    tag = "writes",
+    params(PostPath, ExpectedVersion, IdempotencyKey),
+    request_body(content = EditPost, content_type = "application/json"),
+    security(("bearer" = [])),
+    responses(
+        (status = 202, description = "Accepted: the event is in the log. The projector decides it next \
+            (GET /v1/commands/{command_id} on the query API).", body = AcceptedBody,
+            headers(
+                ("Location" = String, description = "/v1/commands/{command_id}: where the decision will be."),
+                ("Consistency-Token" = String, description = "The write's log position: a read that sends it back is answered once the read model includes this write."),
+            )),
+        (status = 400, description = "Malformed: JSON, a path id that is not a UUID, If-Match, or Idempotency-Key."),
+        (status = 401, description = "No valid bearer token.",
+            headers(("WWW-Authenticate" = String, description = "The Bearer challenge (RFC 6750), with `error=\"invalid_token\"` when a token was sent."))),
+        (status = 403, description = "The bearer token is another user's than the path's."),
+        (status = 413, description = "The body is larger than 64 KiB."),
+        (status = 415, description = "The Content-Type is not JSON (application/json or application/*+json)."),
+        (status = 422, description = "Well-formed JSON that breaks a field rule: `errors` names each field."),
+        (status = 429, description = "Over the caller's write rate limit (by user); nothing appended."),
+        (status = 503, description = "Not appended (too many writes waiting, or the log unreachable), or unknown after a timeout: retry, with the same Idempotency-Key."),
+    )
+)]
+/// `PATCH /v1/users/{user_id}/posts/{post_id}`: edit a post.
 pub async fn edit_post(
     State(state): State<AppState>,
     caller: Caller,
@@ -184,7 +306,30 @@ pub async fn edit_post(
     .await
 }
 
-/// `DELETE /v1/users/{user_id}/posts/{post_id}`; any body is ignored.
+#[utoipa::path(
+    delete,
+    path = paths::USER_POST,
+    tag = "writes",
+    params(PostPath, ExpectedVersion, IdempotencyKey),
+    security(("bearer" = [])),
+    responses(
+        (status = 202, description = "Accepted: the event is in the log. The projector decides it next \
+            (GET /v1/commands/{command_id} on the query API).", body = AcceptedBody,
+            headers(
+                ("Location" = String, description = "/v1/commands/{command_id}: where the decision will be."),
+                ("Consistency-Token" = String, description = "The write's log position: a read that sends it back is answered once the read model includes this write."),
+            )),
+        (status = 400, description = "Malformed: a path id that is not a UUID, If-Match, or Idempotency-Key."),
+        (status = 401, description = "No valid bearer token.",
+            headers(("WWW-Authenticate" = String, description = "The Bearer challenge (RFC 6750), with `error=\"invalid_token\"` when a token was sent."))),
+        (status = 403, description = "The bearer token is another user's than the path's."),
+        (status = 429, description = "Over the caller's write rate limit (by user); nothing appended."),
+        (status = 503, description = "Not appended (too many writes waiting, or the log unreachable), or unknown after a timeout: retry, with the same Idempotency-Key."),
+    )
+)]
+/// `DELETE /v1/users/{user_id}/posts/{post_id}`: delete a post.
+///
+/// Any body is ignored.
 pub async fn delete_post(
     State(state): State<AppState>,
     caller: Caller,
@@ -204,6 +349,15 @@ pub async fn delete_post(
     .await
 }
 
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "operations",
+    responses(
+        (status = 200, description = "Ready: the broker answers for the topic.", content_type = "text/plain", body = String),
+        (status = 503, description = "The event log is unreachable."),
+    )
+)]
 /// `GET /readyz`: 200 when the broker answers for the topic, else 503.
 pub async fn readyz(State(state): State<AppState>) -> Result<&'static str, ApiError> {
     state.appender.check_ready().await?;
@@ -300,19 +454,30 @@ pub struct Accepted {
     access_token: Option<String>,
 }
 
-#[derive(Serialize)]
-struct AcceptedBody {
+/// The body of a 202.
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = Accepted)]
+// For the schema only (additionalProperties: false): this struct is never deserialized.
+#[serde(deny_unknown_fields)]
+pub struct AcceptedBody {
     command_id: Uuid,
+    /// The user's or post's id; for a create, the new id.
     aggregate_id: Uuid,
+    /// As the `Consistency-Token` header.
     consistency_token: String,
+    /// Sign-ups only: the new user's bearer token for its other writes.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(required = false, value_type = String)]
     access_token: Option<String>,
     links: Links,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 struct Links {
+    /// Where the decision on this write will be (query API).
     status: String,
+    /// Where to read the user or post (query API).
     resource: String,
 }
 

@@ -39,11 +39,11 @@ pub struct Config {
     pub kafka_topic: String,
 
     /// The consumer group shared by all projector instances.
-    #[arg(long, env = "KAFKA_GROUP_ID", default_value = "projector")]
+    #[arg(long, env = "KAFKA_GROUP_ID", default_value = "projector", value_parser = clap::builder::NonEmptyStringValueParser::new())]
     pub kafka_group_id: String,
 
     /// How long the group waits for a silent instance before giving its partitions to others.
-    #[arg(long, env = "KAFKA_SESSION_TIMEOUT_MS", default_value_t = 10_000)]
+    #[arg(long, env = "KAFKA_SESSION_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=3_600_000))]
     pub kafka_session_timeout_ms: u32,
 
     /// How long a partition this instance does not own may sit behind its log without moving
@@ -72,7 +72,7 @@ pub struct Config {
     pub batch_size: u32,
 
     /// Connections to PostgreSQL.
-    #[arg(long, env = "DB_POOL_SIZE", default_value_t = 4)]
+    #[arg(long, env = "DB_POOL_SIZE", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..))]
     pub db_pool_size: u32,
 
     /// This instance's name in the group and in projector_offsets.owner (default: host-pid).

@@ -179,7 +179,7 @@ impl Server {
             metrics,
         };
         let router = if bare {
-            query_api::routes::routes().with_state(state)
+            axum::Router::from(query_api::routes::routes().with_state(state))
         } else {
             query_api::router(state)
         };

@@ -47,7 +47,7 @@ pub struct Config {
     pub db_pool_size: u32,
 
     /// Longest time a request waits for a PostgreSQL connection before answering 503.
-    #[arg(long, env = "DB_ACQUIRE_TIMEOUT_MS", default_value_t = 2000)]
+    #[arg(long, env = "DB_ACQUIRE_TIMEOUT_MS", default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..))]
     pub db_acquire_timeout_ms: u64,
 
     /// Most entries the read cache holds (single users, posts and decisions, first pages of
@@ -126,5 +126,7 @@ mod tests {
     #[test]
     fn rejects_an_empty_pool() {
         assert!(Config::try_parse_from(["query-api", "--db-pool-size", "0"]).is_err());
+        // No connection could ever be had: every read would be a 503.
+        assert!(Config::try_parse_from(["query-api", "--db-acquire-timeout-ms", "0"]).is_err());
     }
 }

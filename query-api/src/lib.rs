@@ -20,6 +20,8 @@
 //! - [`consistency`]: [`consistency::Watermarks`], the projector's progress as LISTENed for, and
 //!   the token wait on it; its follower also invalidates the cache.
 //! - [`error`]: [`error::ApiError`] and its problem+json answers.
+//! - [`openapi`]: the OpenAPI document's parameters and title; each route's own part is its
+//!   handler's `#[utoipa::path]`.
 
 pub mod answer;
 pub mod cache;
@@ -28,6 +30,7 @@ pub mod consistency;
 pub mod error;
 pub mod etag;
 pub mod extract;
+pub mod openapi;
 pub mod pagination;
 pub mod read_models;
 pub mod replicas;
@@ -42,6 +45,8 @@ use service_kit::metrics::Metrics;
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 use tokio::net::TcpListener;
+use utoipa::OpenApi as _;
+use utoipa_axum::router::OpenApiRouter;
 use uuid::Uuid;
 
 use crate::answer::Answer;
@@ -117,10 +122,25 @@ impl AppState {
     }
 }
 
-/// The complete service: the v1 read routes, `/readyz`, and the common layers and endpoints.
+/// The complete service: the v1 read routes, `/readyz`, `/openapi.json`, and the common layers
+/// and endpoints.
 pub fn router(state: AppState) -> Router {
     let metrics = state.metrics.clone();
-    service_kit::http::with_common_layers(routes::routes().with_state(state), metrics)
+    let (api, document) = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .merge(routes::routes())
+        .with_state(state)
+        .split_for_parts();
+    let api = service_kit::openapi::serve(api, &service_kit::openapi::document(document));
+    service_kit::http::with_common_layers(api, metrics)
+}
+
+/// The service's OpenAPI document, as `GET /openapi.json` answers it, without a running service:
+/// [`router`] builds its own the same way from the same routes.
+pub fn openapi_document() -> serde_json::Value {
+    let api = OpenApiRouter::<AppState>::with_openapi(openapi::ApiDoc::openapi())
+        .merge(routes::routes())
+        .into_openapi();
+    service_kit::openapi::document(api)
 }
 
 /// A built service, bound to its port, ready to [`run`](Application::run).

@@ -21,23 +21,36 @@ use crate::consistency::Offsets;
 use crate::pagination::{Cursor, PageRequest, StreamCursor, StreamPageRequest};
 use crate::replicas::{self, Failure, Replica, ReplicaPool, Requirement};
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+/// A user, as `GET /v1/users/{user_id}` answers it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+// For the schema only (additionalProperties: false): the rows are never deserialized.
+#[serde(deny_unknown_fields)]
 pub struct User {
     pub id: Uuid,
     pub display_name: String,
+    /// Null when the user never set one.
+    #[schema(required = true)]
     pub bio: Option<String>,
+    /// The user's live posts.
+    #[schema(minimum = 0)]
     pub post_count: i64,
+    /// 1 on creation, one more for every applied event; the ETag.
+    #[schema(minimum = 1)]
     pub version: i64,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+/// A post, as `GET /v1/posts/{post_id}` and the pages answer it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct Post {
     pub id: Uuid,
     pub author_id: Uuid,
     pub title: String,
     pub body: String,
+    /// 1 on creation, one more for every applied event; the ETag.
+    #[schema(minimum = 1)]
     pub version: i64,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -52,27 +65,76 @@ impl Post {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+/// The projector's decision on a command, as `GET /v1/commands/{command_id}` answers it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct Decision {
     pub command_id: Uuid,
+    #[schema(schema_with = decision_status)]
     pub status: String,
+    /// Why it was rejected (rejections only).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(schema_with = rejection_reason)]
     pub reason: Option<String>,
     pub aggregate_id: Uuid,
+    /// The aggregate's version after the command (applied commands only).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, nullable = false)]
     pub version: Option<i64>,
 }
 
+fn decision_status() -> utoipa::openapi::schema::Object {
+    utoipa::openapi::schema::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .enum_values(Some(["applied", "rejected"]))
+        .build()
+}
+
+/// The projector's reasons (projector/src/decide.rs), which contract v1 lists; the query API
+/// does not depend on the projector, so they are repeated here.
+fn rejection_reason() -> utoipa::openapi::schema::Object {
+    utoipa::openapi::schema::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .enum_values(Some([
+            "version_conflict",
+            "not_found",
+            "already_exists",
+            "idempotency_key_reused",
+        ]))
+        .build()
+}
+
 /// One applied event of a stream, as `GET /v1/streams/{id}/events` lists it.
-#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct StreamEvent {
     pub event_id: Uuid,
     #[serde(rename = "type")]
+    #[schema(schema_with = event_type)]
     pub event_type: String,
+    /// The aggregate's version this event made.
+    #[schema(minimum = 1)]
     pub version: i64,
     pub occurred_at: DateTime<Utc>,
+    /// The event's payload, as its type's current schema version has it.
     #[sqlx(try_from = "String")]
+    #[schema(value_type = Object)]
     pub data: EventData,
+}
+
+fn event_type() -> utoipa::openapi::schema::Object {
+    use events::domain::types::*;
+    utoipa::openapi::schema::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .enum_values(Some([
+            USER_REGISTERED,
+            USER_PROFILE_UPDATED,
+            USER_DELETED,
+            POST_PUBLISHED,
+            POST_EDITED,
+            POST_DELETED,
+        ]))
+        .build()
 }
 
 impl StreamEvent {

@@ -2,33 +2,50 @@
 
 use std::time::Duration;
 
+use axum::Json;
 use axum::extract::State;
 use axum::response::Response;
-use axum::routing::get;
-use axum::{Json, Router};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::answer::Answer;
 use crate::cache::Key;
 use crate::error::ApiError;
 use crate::extract::{IfNoneMatch, PathId, ReadAfter};
 use crate::pagination::{Page, PageRequest, StreamPageRequest};
-use crate::read_models::{Post, Source, StreamEvent};
+use crate::read_models::{Decision, Post, Source, StreamEvent, User};
 use crate::{AppState, Loaded};
 
 /// How long `/readyz` gives PostgreSQL to answer `SELECT 1`.
 const READY_TIMEOUT: Duration = Duration::from_secs(1);
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/v1/users/{user_id}", get(get_user))
-        .route("/v1/users/{user_id}/posts", get(list_user_posts))
-        .route("/v1/posts", get(list_posts))
-        .route("/v1/posts/{post_id}", get(get_post))
-        .route("/v1/commands/{command_id}", get(get_command))
-        .route("/v1/streams/{aggregate_id}/events", get(list_stream_events))
-        .route("/readyz", get(readyz))
+/// The routes, each with its documentation: `routes!` takes a route's method and path from its
+/// handler's `#[utoipa::path]`.
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(get_user))
+        .routes(routes!(list_user_posts))
+        .routes(routes!(list_posts))
+        .routes(routes!(get_post))
+        .routes(routes!(get_command))
+        .routes(routes!(list_stream_events))
+        .routes(routes!(readyz))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/users/{user_id}",
+    tag = "reads",
+    params(("user_id" = Uuid, Path, description = "The user. A UUID in its hyphenated form; anything else is 400."), ReadAfter, IfNoneMatch),
+    responses(
+        (status = 200, description = "The user.", body = User, headers(("ETag" = String, description = "The version, quoted: `\"3\"`."))),
+        (status = 304, description = "Not modified: If-None-Match has the resource's ETag.", headers(("ETag" = String, description = "The version, quoted: `\"3\"`."))),
+        (status = 400, description = "A path id that is not a UUID, or a malformed Consistency-Token."),
+        (status = 404, description = "No such user, or deleted."),
+        (status = 503, description = "The database is unreachable, or the read model did not reach the Consistency-Token in time."),
+    )
+)]
+/// A user.
 async fn get_user(
     State(state): State<AppState>,
     PathId(user_id): PathId,
@@ -51,6 +68,20 @@ async fn get_user(
     Ok(answer.respond(&if_none_match))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/posts/{post_id}",
+    tag = "reads",
+    params(("post_id" = Uuid, Path, description = "The post. A UUID in its hyphenated form; anything else is 400."), ReadAfter, IfNoneMatch),
+    responses(
+        (status = 200, description = "The post.", body = Post, headers(("ETag" = String, description = "The version, quoted: `\"3\"`."))),
+        (status = 304, description = "Not modified: If-None-Match has the resource's ETag.", headers(("ETag" = String, description = "The version, quoted: `\"3\"`."))),
+        (status = 400, description = "A path id that is not a UUID, or a malformed Consistency-Token."),
+        (status = 404, description = "No such post, or it or its author is deleted."),
+        (status = 503, description = "The database is unreachable, or the read model did not reach the Consistency-Token in time."),
+    )
+)]
+/// A post.
 async fn get_post(
     State(state): State<AppState>,
     PathId(post_id): PathId,
@@ -76,6 +107,19 @@ async fn get_post(
     Ok(answer.respond(&if_none_match))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/users/{user_id}/posts",
+    tag = "reads",
+    params(("user_id" = Uuid, Path, description = "The author. A UUID in its hyphenated form; anything else is 400."), PageRequest, ReadAfter),
+    responses(
+        (status = 200, description = "A page of the user's posts, newest first.", body = Page<Post>),
+        (status = 400, description = "A path id that is not a UUID, a bad limit or cursor, or a malformed Consistency-Token."),
+        (status = 404, description = "No such user, or deleted."),
+        (status = 503, description = "The database is unreachable, or the read model did not reach the Consistency-Token in time."),
+    )
+)]
+/// A page of a user's posts, newest first.
 async fn list_user_posts(
     State(state): State<AppState>,
     PathId(user_id): PathId,
@@ -108,6 +152,18 @@ async fn list_user_posts(
     Ok(answer.respond(&[]))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/posts",
+    tag = "reads",
+    params(PageRequest, ReadAfter),
+    responses(
+        (status = 200, description = "A page of all posts, newest first.", body = Page<Post>),
+        (status = 400, description = "A bad limit or cursor, or a malformed Consistency-Token."),
+        (status = 503, description = "The database is unreachable, or the read model did not reach the Consistency-Token in time."),
+    )
+)]
+/// A page of all posts, newest first.
 async fn list_posts(
     State(state): State<AppState>,
     page: PageRequest,
@@ -135,6 +191,20 @@ fn page_answer(rows: Vec<Post>, limit: u32) -> Result<Answer, ApiError> {
     Answer::json(&Page::from_rows(rows, limit, |post| post.cursor().encode()))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/commands/{command_id}",
+    tag = "reads",
+    params(("command_id" = Uuid, Path, description = "The command_id of a write's answer. A UUID in its hyphenated form; anything else is 400."), ReadAfter),
+    responses(
+        (status = 200, description = "The decision: applied or rejected.", body = Decision),
+        (status = 400, description = "A path id that is not a UUID, or a malformed Consistency-Token."),
+        (status = 404, description = "Not decided yet (or never accepted)."),
+        (status = 503, description = "The database is unreachable, or the read model did not reach the Consistency-Token in time."),
+    )
+)]
+/// The projector's decision on a write.
+///
 /// A decision never changes once made, so it is cached; its absence is not (see `cache`).
 async fn get_command(
     State(state): State<AppState>,
@@ -157,6 +227,20 @@ async fn get_command(
     Ok(answer.respond(&[]))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/streams/{aggregate_id}/events",
+    tag = "reads",
+    params(("aggregate_id" = Uuid, Path, description = "A user's or post's id. A UUID in its hyphenated form; anything else is 400."), StreamPageRequest, ReadAfter),
+    responses(
+        (status = 200, description = "A page of the aggregate's applied events, oldest first.", body = Page<StreamEvent>),
+        (status = 400, description = "A path id that is not a UUID, a bad from_version, limit or cursor, or a malformed Consistency-Token."),
+        (status = 404, description = "No applied event for this id."),
+        (status = 503, description = "The database is unreachable, or the read model did not reach the Consistency-Token in time."),
+    )
+)]
+/// The applied events of one user or post, in order.
+///
 /// A stream is history: a deleted user's or post's stream is still served, ending with the
 /// deletion. Only an aggregate with no applied event at all is not found.
 async fn list_stream_events(
@@ -177,6 +261,16 @@ async fn list_stream_events(
     })))
 }
 
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "operations",
+    responses(
+        (status = 200, description = "Ready: PostgreSQL answers.", content_type = "text/plain", body = String),
+        (status = 503, description = "The database is unreachable."),
+    )
+)]
+/// Readiness: 200 when PostgreSQL answers.
 async fn readyz(State(state): State<AppState>) -> Result<&'static str, ApiError> {
     match tokio::time::timeout(READY_TIMEOUT, state.read_models.ping()).await {
         Ok(Ok(())) => Ok("ready"),

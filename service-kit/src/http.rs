@@ -31,6 +31,7 @@ use tower_http::request_id::{
     MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
 };
 
+use crate::limits::HeadLimitsLayer;
 use crate::metrics::{self, Histogram, Labels, Metrics};
 use crate::problem::Problem;
 
@@ -41,8 +42,8 @@ pub const REQUEST_DURATION: &str = "http_server_request_duration_seconds";
 /// Requests answered, by route, method and status: the histogram's counts again, as a counter.
 pub const REQUESTS_TOTAL: &str = "http_requests_total";
 
-/// Adds `/healthz` and `/metrics`, problem+json answers for unknown routes, wrong methods and
-/// panics, and request ids (the caller's `x-request-id`, else a new one) on every response and
+/// Adds `/healthz` and `/metrics`, problem+json answers for unknown routes, wrong methods,
+/// panics and heads over the limits of [`crate::limits`] (414, 431), and request ids (the caller's `x-request-id`, else a new one) on every response and
 /// log line. Call it last, on the service's complete router, and once per registry: `metrics`
 /// gets the request series (`http_server_request_duration_seconds`, `http_requests_total`).
 pub fn with_common_layers(router: Router, metrics: Metrics) -> Router {
@@ -61,11 +62,14 @@ pub fn with_common_layers(router: Router, metrics: Metrics) -> Router {
         })
         // Outermost first. The request id exists before the span that shows it; the panic
         // guard is inside the span, so that its 500 is measured and its log line has the id.
+        // The head limits come before every route layer of the service (authentication reads
+        // headers too), and their refusals are measured and carry the request id.
         .layer((
             SetRequestIdLayer::new(REQUEST_ID, MakeRequestIds),
             PropagateRequestIdLayer::new(REQUEST_ID),
             ObserveLayer(requests),
             CatchPanicLayer::custom(panic_to_problem),
+            HeadLimitsLayer,
         ))
 }
 

@@ -13,6 +13,10 @@
 //! - `TANSU_BIN`: the broker binary for [`OwnBroker`].
 //! - `PG_BIN_DIR`: PostgreSQL's server binaries for [`OwnPostgres`] and its standbys (default:
 //!   the newest under `/usr/lib/postgresql`).
+//!
+//! [`openapi`] checks real answers against a service's OpenAPI document.
+
+pub mod openapi;
 
 use std::net::TcpListener;
 use std::path::PathBuf;

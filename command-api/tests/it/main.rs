@@ -7,6 +7,8 @@ mod boundaries;
 mod broker_down;
 mod helpers;
 mod idempotency;
+mod limits;
+mod openapi;
 mod ratelimit;
 mod rejected;
 mod startup;

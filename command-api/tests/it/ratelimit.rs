@@ -35,9 +35,15 @@ fn sign_up() -> Req {
 
 /// Sends `count` copies of `req` at once and returns the answers.
 async fn burst(app: &Arc<TestApp>, req: Req, count: usize) -> Vec<Answer> {
-    let sends: Vec<_> = (0..count)
-        .map(|_| {
-            let (app, req) = (Arc::clone(app), req.clone());
+    send_at_once(app, vec![req; count]).await
+}
+
+/// Sends `reqs` at once and returns the answers.
+async fn send_at_once(app: &Arc<TestApp>, reqs: Vec<Req>) -> Vec<Answer> {
+    let sends: Vec<_> = reqs
+        .into_iter()
+        .map(|req| {
+            let app = Arc::clone(app);
             tokio::spawn(async move { app.send(req).await })
         })
         .collect();
@@ -126,4 +132,36 @@ async fn sign_ups_from_one_ip_past_the_burst_get_429_and_users_write_on() {
         metric(&app, r#"command_writes_rate_limited_total{client="ip"}"#).await,
         Some(1.0)
     );
+}
+
+#[tokio::test]
+async fn behind_a_trusted_proxy_sign_ups_are_limited_by_their_forwarded_client() {
+    // The test's connections come from 127.0.0.1: it plays the proxy.
+    let mut config = config(
+        &test_support::kafka_brokers(),
+        &test_support::unique_topic("command-api-proxies"),
+    );
+    config.write_rate_per_sec = 1;
+    config.write_burst = BURST as u32;
+    config.trusted_proxies = "127.0.0.1".parse().expect("an address");
+    let app = Arc::new(spawn_app_with(config).await);
+    let from = |forwarded_for: &str| sign_up().header("x-forwarded-for", forwarded_for);
+
+    // All at once (a second later a token is back): one client's burst and one more that
+    // invents a hop left of the address our proxy appended, which is not read, so it cannot
+    // escape the limit; then another client behind the same proxy, and the proxy itself, each
+    // with a budget of their own.
+    let mut sign_ups = vec![from("198.51.100.1"); BURST];
+    sign_ups.push(from("203.0.113.9, 198.51.100.1"));
+    sign_ups.push(from("198.51.100.2"));
+    sign_ups.push(sign_up());
+    let answers = send_at_once(&app, sign_ups).await;
+    assert_one_over_the_burst(&answers[..=BURST]);
+    for other in &answers[BURST + 1..] {
+        other.accepted();
+    }
+    // A header the proxy would not write counts against the proxy, not against anyone named.
+    app.send(from("198.51.100.1, not-an-address"))
+        .await
+        .accepted();
 }

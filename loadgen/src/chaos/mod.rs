@@ -8,7 +8,7 @@
 //! fault window ended healthy.
 //!
 //! ```text
-//! loadgen chaos --command-url http://127.0.0.1:9080 --query-url http://127.0.0.1:9081 \
+//! loadgen chaos --command-url http://127.0.0.1:8080 --query-url http://127.0.0.1:8081 \
 //!     --writers 8 --write-rate 40 --reads-per-write 3 \
 //!     --timeline .stack/chaos/timeline.jsonl --out chaos.json --settle-timeout 180s
 //! ```
@@ -118,6 +118,9 @@ pub async fn run(
         nonce: Uuid::now_v7().simple().to_string()[24..].to_owned(),
         post_body: crate::workload::post_text(writer::POST_BODY_BYTES),
     });
+    // Polled from now on, so that a signal during the sign-ups already stops the run (its
+    // handler is installed on the first poll) instead of killing the process.
+    let stop = tokio::spawn(stop);
     let started_at_ms = now_ms();
     let started = Instant::now();
     let stop_at = config.duration.map(|duration| started + duration);
@@ -132,9 +135,13 @@ pub async fn run(
             Ok(Ok(writer)) => writers.push(writer),
             Ok(Err(error)) => {
                 registering.abort_all();
+                stop.abort();
                 return Err(error.context("cannot register the run's users"));
             }
-            Err(error) => anyhow::bail!("a registering task failed: {error}"),
+            Err(error) => {
+                stop.abort();
+                anyhow::bail!("a registering task failed: {error}");
+            }
         }
     }
 
@@ -148,7 +155,18 @@ pub async fn run(
         tasks.spawn(writer.run(first_due, interval, stop_receiver.clone()));
     }
 
-    show_progress(&shared.journal, started, stop, stop_at).await;
+    show_progress(
+        &shared.journal,
+        started,
+        async {
+            // A stop task that failed cannot stop the run any more: the duration still can.
+            if stop.await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        },
+        stop_at,
+    )
+    .await;
     let _ = stop_sender.send(true);
     let mut line = StatusLine::new();
     line.show("stopping: finishing the operations under way");

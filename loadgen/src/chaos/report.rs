@@ -357,6 +357,104 @@ mod tests {
         }
     }
 
+    fn clean_report() -> ChaosReport {
+        let parameters = ChaosParameters {
+            command_url: "http://c".to_owned(),
+            query_url: "http://q".to_owned(),
+            writers: 1,
+            write_rate: 1.0,
+            reads_per_write: 0,
+            settle_timeout_s: 1.0,
+            retry_for_s: 1.0,
+            timeout_s: 1.0,
+            recovery_tail_s: 5.0,
+            timeline: None,
+        };
+        ChaosReport {
+            passed: false,
+            failed_checks: Vec::new(),
+            parameters,
+            started_at_ms: 0,
+            load_ended_at_ms: 0,
+            duration_s: 0.0,
+            users: 1,
+            writes_attempted: 1,
+            writes_unacknowledged: 0,
+            acknowledged: 1,
+            acknowledged_by_kind: BTreeMap::new(),
+            applied: 1,
+            rejected_by_reason: BTreeMap::new(),
+            lost: 0,
+            duplicated: 0,
+            effects_missing: 0,
+            unverified: 0,
+            reads_checked: 0,
+            stale_reads: 0,
+            gave_up: 0,
+            unexpected_errors: BTreeMap::new(),
+            connection_errors: 0,
+            connection_errors_outside_windows: 0,
+            failed_requests: 0,
+            before_faults: FailureCounts::default(),
+            windows: Vec::new(),
+            verification_failed_requests: FailureCounts::default(),
+            timeline_lines_ignored: 0,
+            examples: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn each_broken_promise_fails_the_run_on_its_own() {
+        let mut report = clean_report();
+        report.judge();
+        assert!(report.passed, "{:?}", report.failed_checks);
+        assert_eq!(report.exit_code(), 0);
+        let breaks: [fn(&mut ChaosReport); 11] = [
+            |r| r.acknowledged = 0,
+            |r| r.lost = 1,
+            |r| r.duplicated = 1,
+            |r| r.effects_missing = 1,
+            |r| r.unverified = 1,
+            |r| r.stale_reads = 1,
+            |r| r.gave_up = 1,
+            |r| {
+                r.unexpected_errors.insert("502".to_owned(), 1);
+            },
+            |r| r.connection_errors_outside_windows = 1,
+            |r| {
+                r.windows.push(WindowReport {
+                    fault: "broker".to_owned(),
+                    killed_at_ms: 1,
+                    ended_at_ms: 2,
+                    down_ms: None,
+                    failed_requests: 1,
+                    failed_by_status: BTreeMap::new(),
+                    recovery_ms: 1,
+                    recovered: false,
+                });
+            },
+            // Connection errors inside a window and retried 503s are what outages look like.
+            |r| {
+                r.connection_errors = 3;
+                r.failed_requests = 10;
+                r.passed = true;
+            },
+        ];
+        for (i, break_it) in breaks.iter().enumerate() {
+            let mut report = clean_report();
+            break_it(&mut report);
+            report.judge();
+            let tolerated = i == breaks.len() - 1;
+            assert_eq!(
+                report.passed, tolerated,
+                "case {i}: {:?}",
+                report.failed_checks
+            );
+            assert_eq!(report.failed_checks.is_empty(), tolerated, "case {i}");
+            assert_eq!(report.exit_code(), u8::from(!tolerated));
+        }
+    }
+
     #[test]
     fn failures_land_in_their_window_and_a_failing_tail_is_not_recovered() {
         let windows = [

@@ -9,8 +9,9 @@
 //! marker of its last applied write, and its stream holds one `post.published` and one
 //! `post.edited` per applied edit. An applied effect found twice, or a rejected one found at
 //! all, is duplicated; an applied one not found is missing. A write that never got its `202`
-//! may or may not have been applied: its marker is accepted where it is later than the
-//! expected one, and a publication of it may count in `post_count`.
+//! may or may not have been applied, and may even have been appended after later writes (an
+//! attempt still queued in a producer): its marker is accepted as the final state where the
+//! stream's last event says it came last, and a publication of it may count in `post_count`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -272,7 +273,7 @@ impl Checker {
         let profile: Vec<usize> = (0..user.writes.len())
             .filter(|&i| user.writes[i].kind.on_user())
             .collect();
-        self.check_marker(user, user.id, &profile, &shown, "display_name");
+        self.check_marker(user, user.id, &profile, &shown, &stream, "display_name");
         self.check_stream(user, &profile, &stream, "display_name");
 
         let publishes: Vec<usize> = (0..user.writes.len())
@@ -323,19 +324,21 @@ impl Checker {
             let Some(stream) = self.read_stream(post, token).await else {
                 continue;
             };
-            self.check_marker(user, post, &writes, &shown, "title");
+            self.check_marker(user, post, &writes, &shown, &stream, "title");
             self.check_stream(user, &writes, &stream, "title");
         }
     }
 
-    /// The resource shows the marker of the last applied write among `writes`, or of a later
-    /// write whose fate is unknown.
+    /// The resource shows the marker of the last applied write among `writes`; or the marker
+    /// of a write that got no `202`, if the stream's last event that sets `field` carries it
+    /// (such a write may have been appended after later ones, so only the log tells its place).
     fn check_marker(
         &mut self,
         user: &UserRecord,
         resource: Uuid,
         writes: &[usize],
         shown: &Value,
+        stream: &[StreamEvent],
         field: &str,
     ) {
         let Some(expected) = writes
@@ -347,8 +350,12 @@ impl Checker {
             return;
         };
         let shown = shown.get(field).and_then(Value::as_str).unwrap_or_default();
+        let last_in_log = stream
+            .iter()
+            .rev()
+            .find_map(|event| event.data.get(field).and_then(Value::as_str));
         let fine = user.write_with_marker(resource, shown).is_some_and(|seen| {
-            seen == expected || (seen > expected && user.writes[seen].ack.is_none())
+            seen == expected || (user.writes[seen].ack.is_none() && last_in_log == Some(shown))
         });
         if !fine {
             self.missing(format!(

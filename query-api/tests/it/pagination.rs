@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
+use service_kit::limits::{MAX_HEADER_BYTES, MAX_TARGET_BYTES};
 use sqlx::PgPool;
 use test_support::{TestDb, unique_topic};
 use uuid::Uuid;
@@ -226,6 +227,29 @@ async fn bad_limits_and_cursors_are_bad_requests() {
         }
         problem(app.get(&format!("{path}?limit=5&limit=6")).await, 400).await;
     }
+    db.drop_database().await;
+}
+
+#[tokio::test]
+async fn absurd_query_strings_are_refused_before_the_read() {
+    let db = TestDb::migrated().await;
+    let app = app_on(&db).await;
+    let room = MAX_TARGET_BYTES - "/v1/posts?cursor=".len();
+    // As long as a target may be: the cursor is read, and refused as one.
+    let longest = format!("/v1/posts?cursor={}", "A".repeat(room));
+    let kind = problem(app.get(&longest).await, 400).await;
+    assert_eq!(kind, "/problems/invalid-cursor");
+    // One byte more, or any number of parameters nobody reads: the target is too long.
+    let over = format!("/v1/posts?cursor={}", "A".repeat(room + 1));
+    let kind = problem(app.get(&over).await, 414).await;
+    assert_eq!(kind, "/problems/uri-too-long");
+    let junk = format!("/v1/posts?limit=5{}", "&x=1".repeat(2_500));
+    let kind = problem(app.get(&junk).await, 414).await;
+    assert_eq!(kind, "/problems/uri-too-long");
+    // And the other head limit is installed too.
+    let large = "v".repeat(MAX_HEADER_BYTES);
+    let kind = problem(app.get_with("/v1/posts", &[("x-large", &large)]).await, 431).await;
+    assert_eq!(kind, "/problems/header-fields-too-large");
     db.drop_database().await;
 }
 
