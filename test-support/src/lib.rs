@@ -13,6 +13,8 @@
 //! - `TANSU_BIN`: the broker binary for [`OwnBroker`].
 //! - `PG_BIN_DIR`: PostgreSQL's server binaries for [`OwnPostgres`] and its standbys (default:
 //!   the newest under `/usr/lib/postgresql`).
+//!
+//! [`metrics_docs`] holds each service's check of its `/metrics` against `docs/metrics.md`.
 
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -25,6 +27,8 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use sqlx::{Connection, Executor, PgConnection};
 use tokio::process::{Child, Command};
 use uuid::Uuid;
+
+pub mod metrics_docs;
 
 /// The migrations the projector applies, for tests that set up a schema without a projector.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
