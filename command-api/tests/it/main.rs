@@ -7,6 +7,7 @@ mod boundaries;
 mod broker_down;
 mod helpers;
 mod idempotency;
+mod metrics;
 mod ratelimit;
 mod rejected;
 mod startup;
