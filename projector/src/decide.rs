@@ -55,6 +55,14 @@ pub enum Reason {
 }
 
 impl Reason {
+    /// Every reason, for metrics that show each one from the start.
+    pub const ALL: [Reason; 4] = [
+        Reason::VersionConflict,
+        Reason::NotFound,
+        Reason::AlreadyExists,
+        Reason::IdempotencyKeyReused,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Reason::VersionConflict => "version_conflict",

@@ -8,6 +8,7 @@ mod stack;
 
 mod crashes;
 mod determinism;
+mod metrics;
 mod pipeline;
 mod poison;
 mod rebuild;
