@@ -118,8 +118,8 @@ impl TraceExport {
     /// What the variables `var` looks up ask for. Traces are on when an endpoint is set
     /// (`OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` or `OTEL_EXPORTER_OTLP_ENDPOINT`), unless
     /// `OTEL_TRACES_EXPORTER` is `none` or `OTEL_SDK_DISABLED` is `true`. A value this build
-    /// cannot honour (gRPC, another exporter, an `https` endpoint, a timeout that is not a
-    /// number) is an error rather than a silent fallback. An empty variable counts as unset.
+    /// cannot honour (gRPC, another exporter, an `https` endpoint, compression, a timeout that
+    /// is not a number) is an error rather than a silent fallback. An empty variable counts as unset.
     pub fn from_vars(
         var: impl Fn(&str) -> Option<String>,
         default_service_name: &str,
@@ -167,6 +167,15 @@ impl TraceExport {
                 )));
             }
         };
+        if let Some((name, compression)) = set("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION")
+            .or_else(|| set("OTEL_EXPORTER_OTLP_COMPRESSION"))
+            .filter(|(_, compression)| compression != "none")
+        {
+            return Err(TelemetryError(format!(
+                "{name}={compression}: traces are sent uncompressed (none); compression is not \
+                 built in"
+            )));
+        }
         let timeout = match set("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT")
             .or_else(|| set("OTEL_EXPORTER_OTLP_TIMEOUT"))
         {
@@ -650,6 +659,10 @@ mod tests {
             (
                 ("OTEL_EXPORTER_OTLP_TIMEOUT", "0"),
                 "OTEL_EXPORTER_OTLP_TIMEOUT=0",
+            ),
+            (
+                ("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip"),
+                "OTEL_EXPORTER_OTLP_COMPRESSION=gzip",
             ),
         ] {
             let error = export(&[endpoint, setting]).expect_err("refused");
