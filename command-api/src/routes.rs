@@ -251,32 +251,29 @@ async fn accept(
     // The append runs in a task of its own that holds the permit: if the client goes away,
     // axum drops this future, but the record is in the producer's queue all the same and
     // must count against the bound until its delivery report (bounded by the append timeout)
-    // resolves it. Its span is a child of the request's: its lines carry the request's ids,
-    // and the record carries its trace context to the projector.
+    // resolves it. The append's span is a child of the request's: its lines carry the
+    // request's ids, and the record carries its trace context to the projector.
     let appending = {
         let (appender, metrics) = (Arc::clone(&state.appender), state.metrics.clone());
         let span = tracing::info_span!(service_kit::telemetry::APPEND_SPAN);
-        tokio::spawn(
-            async move {
-                let appended = appender.append(&envelope).await;
-                drop(permit);
-                let outcome = match &appended {
-                    Ok(_) => "appended",
-                    Err(error) => error.outcome(),
-                };
-                metrics.count(
-                    "command_appends_total",
-                    "Events the command API tried to append, by event type and outcome.",
-                    vec![
-                        ("type", envelope.type_name().to_owned()),
-                        ("outcome", outcome.to_owned()),
-                    ],
-                    1,
-                );
-                (envelope, appended)
-            }
-            .instrument(span),
-        )
+        tokio::spawn(async move {
+            let appended = appender.append(&envelope).instrument(span).await;
+            drop(permit);
+            let outcome = match &appended {
+                Ok(_) => "appended",
+                Err(error) => error.outcome(),
+            };
+            metrics.count(
+                "command_appends_total",
+                "Events the command API tried to append, by event type and outcome.",
+                vec![
+                    ("type", envelope.type_name().to_owned()),
+                    ("outcome", outcome.to_owned()),
+                ],
+                1,
+            );
+            (envelope, appended)
+        })
     };
     let (envelope, appended) = appending.await.map_err(|join_error| {
         ApiError::Internal(format!("the append task failed: {join_error}"))
