@@ -218,7 +218,7 @@ impl Appender {
         let record = FutureRecord::to(&self.topic)
             .key(&key)
             .payload(&payload)
-            .headers(record_headers(envelope));
+            .headers(with_trace_context(record_headers(envelope)));
 
         // `send_result` enqueues or fails at once; it never waits for room in the queue.
         let delivery = producer
@@ -345,6 +345,21 @@ pub fn record_headers(envelope: &Envelope) -> OwnedHeaders {
             key: headers::CONTENT_TYPE,
             value: Some(headers::JSON),
         })
+}
+
+/// `headers` and, when traces are on, the current span's W3C trace context (`traceparent`,
+/// `tracestate`), for the projector to continue the trace. Nothing reads them to decide.
+fn with_trace_context(headers: OwnedHeaders) -> OwnedHeaders {
+    let mut context = Vec::new();
+    service_kit::telemetry::trace_context_headers(|key, value| {
+        context.push((key.to_owned(), value.to_owned()));
+    });
+    context.iter().fold(headers, |headers, (key, value)| {
+        headers.insert(Header {
+            key,
+            value: Some(value),
+        })
+    })
 }
 
 fn create_producer(config: &ClientConfig) -> anyhow::Result<FutureProducer> {

@@ -339,6 +339,9 @@ impl Projector {
     /// Commits one batch, retrying the slow path for bad statements and waiting out an
     /// unavailable database.
     fn commit(&self, batch: &[Record]) {
+        // The batch's lines, and its transaction in a trace, where each event's span links to it.
+        let span = tracing::info_span!("batch", records = batch.len());
+        let _entered = span.enter();
         let claims = lock(&self.ownership).clone();
         let store = self.store.get();
         let started = Instant::now();

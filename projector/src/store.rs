@@ -10,6 +10,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use events::Envelope;
 use events::progress::{FIRST_GENERATION, ProgressNotice, is_plain_identifier};
 use sqlx::Row;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
@@ -319,6 +320,7 @@ impl Store {
                     &self.topic,
                     std::slice::from_ref(record),
                     &mut one,
+                    self.live,
                 )
                 .await
                 {
@@ -330,7 +332,12 @@ impl Store {
                     }
                     Err(StoreError::Statement(e)) => {
                         savepoint.rollback().await?;
-                        tracing::error!(partition = record.partition, offset = record.offset, error = %e, "event failed to apply; dead-lettered");
+                        let command_id = record
+                            .payload
+                            .as_deref()
+                            .and_then(|payload| Envelope::decode(payload).ok())
+                            .map(|envelope| envelope.command_id);
+                        tracing::error!(command_id = command_id.map(tracing::field::display), partition = record.partition, offset = record.offset, error = %e, "event failed to apply; dead-lettered");
                         let failed = DeadLetter {
                             record,
                             error: format!("apply failed: {e}"),
@@ -342,7 +349,7 @@ impl Store {
                 }
             }
         } else {
-            project(&mut tx, &self.topic, &fresh, &mut outcome).await?;
+            project(&mut tx, &self.topic, &fresh, &mut outcome, self.live).await?;
         }
         for record in &fresh {
             outcome
