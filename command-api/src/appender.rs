@@ -17,6 +17,10 @@
 //! failed producer must never talk to the broker again: it is purged and dropped, and the next
 //! write gets a new producer id. `enable.gapless.guarantee` turns the other failures that would
 //! bump the epoch into fatal errors, which stop the producer at once, inside librdkafka.
+//!
+//! Every append's latency, from handing the record to the producer to its delivery report, is
+//! observed in `command_append_duration_seconds{outcome}` (`ok` or `error`): the broker's share
+//! of a write's latency, apart from the HTTP histogram's whole request.
 
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -29,6 +33,8 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer, PurgeConfig};
+
+use service_kit::metrics::{Histogram, LATENCY_SECONDS, Metrics};
 
 use crate::config::Config;
 
@@ -93,6 +99,35 @@ pub struct Appender {
     producer_config: ClientConfig,
     topic: String,
     append_timeout: Duration,
+    latency: AppendLatency,
+}
+
+/// `command_append_duration_seconds`'s two series, registered once so that observing one
+/// takes no lock.
+struct AppendLatency {
+    acknowledged: Histogram,
+    failed: Histogram,
+}
+
+impl AppendLatency {
+    const NAME: &'static str = "command_append_duration_seconds";
+    const HELP: &'static str = "Time from handing an event to the Kafka producer to the broker's \
+                                acknowledgement (ok) or the append's failure (error).";
+
+    fn register(metrics: &Metrics) -> AppendLatency {
+        let series = |outcome: &str| {
+            metrics.histogram(
+                Self::NAME,
+                Self::HELP,
+                vec![("outcome", outcome.to_owned())],
+                LATENCY_SECONDS,
+            )
+        };
+        AppendLatency {
+            acknowledged: series("ok"),
+            failed: series("error"),
+        }
+    }
 }
 
 impl std::fmt::Debug for Appender {
@@ -104,8 +139,9 @@ impl std::fmt::Debug for Appender {
 }
 
 impl Appender {
-    /// Creates the producer. It connects lazily: this does not wait for the broker.
-    pub fn new(config: &Config) -> anyhow::Result<Appender> {
+    /// Creates the producer, and registers the append latency in `metrics`. It connects
+    /// lazily: this does not wait for the broker.
+    pub fn new(config: &Config, metrics: &Metrics) -> anyhow::Result<Appender> {
         let mut producer_config = ClientConfig::new();
         producer_config
             .set("bootstrap.servers", &config.kafka_brokers)
@@ -135,6 +171,7 @@ impl Appender {
             producer_config,
             topic: config.kafka_topic.clone(),
             append_timeout: config.append_timeout(),
+            latency: AppendLatency::register(metrics),
         })
     }
 
@@ -155,7 +192,13 @@ impl Appender {
     /// position becomes the write's consistency token.
     pub async fn append(&self, envelope: &Envelope) -> Result<ConsistencyToken, AppendError> {
         let producer = self.current_producer();
+        let started = Instant::now();
         let result = self.append_with(&producer, envelope).await;
+        let latency = match &result {
+            Ok(_) => &self.latency.acknowledged,
+            Err(_) => &self.latency.failed,
+        };
+        latency.observe_duration(started.elapsed());
         if let Err(error) = &result {
             if error.retires_producer() {
                 self.retire(&producer, error);
@@ -175,7 +218,7 @@ impl Appender {
         let record = FutureRecord::to(&self.topic)
             .key(&key)
             .payload(&payload)
-            .headers(record_headers(envelope));
+            .headers(with_trace_context(record_headers(envelope)));
 
         // `send_result` enqueues or fails at once; it never waits for room in the queue.
         let delivery = producer
@@ -302,6 +345,21 @@ pub fn record_headers(envelope: &Envelope) -> OwnedHeaders {
             key: headers::CONTENT_TYPE,
             value: Some(headers::JSON),
         })
+}
+
+/// `headers` and, when traces are on, the current span's W3C trace context (`traceparent`,
+/// `tracestate`), for the projector to continue the trace. Nothing reads them to decide.
+fn with_trace_context(headers: OwnedHeaders) -> OwnedHeaders {
+    let mut context = Vec::new();
+    service_kit::telemetry::trace_context_headers(|key, value| {
+        context.push((key.to_owned(), value.to_owned()));
+    });
+    context.iter().fold(headers, |headers, (key, value)| {
+        headers.insert(Header {
+            key,
+            value: Some(value),
+        })
+    })
 }
 
 fn create_producer(config: &ClientConfig) -> anyhow::Result<FutureProducer> {

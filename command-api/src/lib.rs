@@ -189,14 +189,14 @@ impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Application> {
         let tokens = Arc::new(token_settings(&config)?);
         appender::ensure_topic(&config).await?;
-        let appender = Arc::new(Appender::new(&config)?);
+        let metrics = Metrics::default();
+        let appender = Arc::new(Appender::new(&config, &metrics)?);
         let listener = TcpListener::bind(config.addr)
             .await
             .with_context(|| format!("cannot listen on {}", config.addr))?;
         let address = listener
             .local_addr()
             .context("the listener has no local address")?;
-        let metrics = Metrics::default();
         let in_flight = InFlightWrites::new(config.max_in_flight_writes as usize, &metrics);
         let write_limits =
             WriteLimits::new(config.write_rate_per_sec, config.write_burst, &metrics);

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use serde::Serialize;
+use tracing::Instrument as _;
 use uuid::Uuid;
 
 use crate::AppState;
@@ -387,6 +388,8 @@ async fn accept(
         )));
     }
     let ids = command::command_ids(write, &event, idempotency_key.as_deref(), expected_version);
+    // On the request's span, so that every later line of this write names its command.
+    tracing::Span::current().record("command_id", tracing::field::display(ids.command_id));
     let envelope = command::envelope(
         write,
         event,
@@ -401,11 +404,13 @@ async fn accept(
     // The append runs in a task of its own that holds the permit: if the client goes away,
     // axum drops this future, but the record is in the producer's queue all the same and
     // must count against the bound until its delivery report (bounded by the append timeout)
-    // resolves it.
+    // resolves it. The append's span is a child of the request's: its lines carry the
+    // request's ids, and the record carries its trace context to the projector.
     let appending = {
         let (appender, metrics) = (Arc::clone(&state.appender), state.metrics.clone());
+        let span = tracing::info_span!(service_kit::telemetry::APPEND_SPAN);
         tokio::spawn(async move {
-            let appended = appender.append(&envelope).await;
+            let appended = appender.append(&envelope).instrument(span).await;
             drop(permit);
             let outcome = match &appended {
                 Ok(_) => "appended",

@@ -158,7 +158,7 @@ struct Machine {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    service_kit::telemetry::init(service_kit::telemetry::LogFormat::Text);
+    service_kit::telemetry::init(service_kit::telemetry::LogFormat::Text)?;
     tokio::runtime::Runtime::new()?.block_on(run(args))
 }
 

@@ -70,12 +70,15 @@ struct WorkingSet {
     history: Vec<(i64, usize)>,
 }
 
-/// Decides and applies `records` (all fresh, in log order per partition) on `conn`.
+/// Decides and applies `records` (all fresh, in log order per partition) on `conn`. The `live`
+/// projector decides each event in a span of its own ([`event_span`]); a replay does not (a
+/// rebuild would add a million spans to old traces, or make a million new ones).
 pub async fn project(
     conn: &mut PgConnection,
     topic: &str,
     records: &[&Record],
     outcome: &mut BatchOutcome,
+    live: bool,
 ) -> Result<(), StoreError> {
     let mut dead = Vec::new();
     let mut envelopes = Vec::with_capacity(records.len());
@@ -97,11 +100,26 @@ pub async fn project(
     }
     let mut set = load(conn, &envelopes).await?;
     for (index, (envelope, record)) in envelopes.iter().enumerate() {
+        let span = if live {
+            event_span(envelope, record)
+        } else {
+            tracing::Span::none()
+        };
+        // Held over no await: deciding and applying in memory are synchronous.
+        let _entered = span.enter();
         let given = set.given(envelope);
         let decision = decide(&given, envelope);
+        match decision {
+            Decision::Applied { .. } => span.record("decision", "applied"),
+            Decision::Duplicate => span.record("decision", "duplicate"),
+            Decision::Rejected(reason) => span
+                .record("decision", "rejected")
+                .record("reason", reason.as_str()),
+        };
         if let Decision::Applied { version } = decision {
             if let Err(error) = set.apply(envelope, version) {
                 tracing::error!(
+                    command_id = %envelope.command_id,
                     partition = record.partition,
                     offset = record.offset,
                     error,
@@ -153,6 +171,27 @@ pub async fn project(
     outcome.changed_posts.extend(&set.changed_posts);
     set.write(conn, &envelopes).await?;
     insert_dead_letters(conn, topic, &dead).await
+}
+
+/// The span of one event's decision, in which every line about the event is logged (command
+/// id, partition, offset; the decision once made). When traces are on it continues the trace
+/// of the write that appended the event (the record's `traceparent`), so that one trace shows
+/// the write from its request to its decision, and links to the batch span whose transaction
+/// puts it in the read model. The headers are read for that alone, never to decide.
+fn event_span(envelope: &Envelope, record: &Record) -> tracing::Span {
+    let span = tracing::info_span!(
+        service_kit::telemetry::PROJECT_SPAN,
+        command_id = %envelope.command_id,
+        partition = record.partition,
+        offset = record.offset,
+        decision = tracing::field::Empty,
+        reason = tracing::field::Empty,
+    );
+    service_kit::telemetry::continue_trace(&span, |name| {
+        let (_, value) = record.headers.iter().find(|(key, _)| key == name)?;
+        std::str::from_utf8(value.as_deref()?).ok()
+    });
+    span
 }
 
 /// Reads every row the events can look at, one statement per table.

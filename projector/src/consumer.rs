@@ -6,7 +6,7 @@
 //! tools can show the group's lag; nothing reads them back.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -19,19 +19,12 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::runtime::Handle;
 
 use crate::Config;
+use crate::metrics::Progress;
 use crate::stall::StallWatch;
 use crate::store::{ActiveStore, BatchOutcome, Claim, Record, StoreError};
 
 /// The partitions this instance owns right now, and its claim on each.
 pub type Ownership = Arc<Mutex<BTreeMap<i32, Claim>>>;
-
-/// Counters the loop keeps for `/metrics` and the tests.
-#[derive(Debug, Default)]
-pub struct Progress {
-    pub outcome: Mutex<BatchOutcome>,
-    /// Times this instance left and rejoined the group over a partition nobody projected.
-    pub stall_rejoins: AtomicU64,
-}
 
 /// Claims partitions in PostgreSQL when Kafka assigns them, and positions the consumer there.
 struct Rebalancer {
@@ -346,8 +339,12 @@ impl Projector {
     /// Commits one batch, retrying the slow path for bad statements and waiting out an
     /// unavailable database.
     fn commit(&self, batch: &[Record]) {
+        // The batch's lines, and its transaction in a trace, where each event's span links to it.
+        let span = tracing::info_span!("batch", records = batch.len());
+        let _entered = span.enter();
         let claims = lock(&self.ownership).clone();
         let store = self.store.get();
+        let started = Instant::now();
         let mut result = self
             .runtime
             .block_on(store.commit_batch(batch, &claims, false));
@@ -356,6 +353,9 @@ impl Projector {
             result = self
                 .runtime
                 .block_on(store.commit_batch(batch, &claims, true));
+        }
+        if let Ok(outcome) = &result {
+            self.observe(batch, outcome, started.elapsed());
         }
         match result {
             Ok(outcome) if !outcome.fenced.is_empty() && self.followed_a_switch() => {
@@ -371,6 +371,20 @@ impl Projector {
                 self.resync();
             }
         }
+    }
+
+    /// A committed batch's size and time, counting the records of the partitions it
+    /// committed (a fenced partition's are read again by its new owner).
+    fn observe(&self, batch: &[Record], outcome: &BatchOutcome, took: Duration) {
+        if outcome.committed.is_empty() {
+            return;
+        }
+        let events = batch
+            .iter()
+            .filter(|r| outcome.committed.contains_key(&r.partition))
+            .count();
+        self.progress.batch_events.observe(events as f64);
+        self.progress.apply_duration.observe_duration(took);
     }
 
     fn advance(&self, claims: &BTreeMap<i32, Claim>, outcome: BatchOutcome) {

@@ -111,6 +111,19 @@ pub(crate) async fn try_lock(database_url: &str) -> anyhow::Result<Option<PgConn
     Ok(locked.then_some(conn))
 }
 
+/// Releases the lock [`try_lock`] took, then closes its connection. Unlocked explicitly, since
+/// a closed session's backend ends (and drops its locks) only some time after the client has
+/// moved on: a rebuild, switch or drop right after another would find the lock still held.
+pub(crate) async fn release(mut lock: PgConnection) -> anyhow::Result<()> {
+    sqlx::query("SELECT pg_advisory_unlock($1)")
+        .bind(GENERATIONS_LOCK)
+        .execute(&mut lock)
+        .await
+        .context("cannot release the generations lock")?;
+    lock.close().await?;
+    Ok(())
+}
+
 /// name, state, created_at, completed_at, events.
 type CatalogueRow = (
     String,
@@ -272,7 +285,7 @@ pub async fn drop_generation(
         return Ok(Err(DropRefused::RebuildRunning));
     };
     let outcome = drop_locked(&live, name).await;
-    lock.close().await?;
+    release(lock).await?;
     live.close().await;
     outcome
 }

@@ -16,8 +16,8 @@
 //! - [`stall`]: the watch on partitions nobody projects (a coordinator that lost an assignment),
 //!   which makes the instance rejoin the group.
 //! - [`config`]: flags and environment variables.
-//! - [`log_ends`]: the owned partitions' log ends, asked of the broker, which the store writes
-//!   with the offsets (the lag on the query API's status page).
+//! - [`metrics`]: what `/metrics` shows, and the watchers of the log ends (for the lag) and of
+//!   rebuilds in progress.
 //! - [`verify`]: `projector verify`, which projects the log again into a scratch schema and
 //!   compares it with the live read model at the same offsets.
 //! - [`rebuild`]: `projector rebuild`, which projects the log into a new read-model generation
@@ -36,7 +36,7 @@ pub mod config;
 pub mod consumer;
 pub mod decide;
 pub mod generations;
-pub mod log_ends;
+pub mod metrics;
 pub mod rebuild;
 mod replay;
 pub mod stall;
@@ -61,10 +61,10 @@ use tokio::sync::oneshot;
 
 use anyhow::Context as _;
 pub use config::Config;
-use consumer::{Ownership, Progress, Projector};
-use log_ends::LogEndWatch;
+use consumer::{Ownership, Projector};
+use metrics::{LogEndWatch, LogEnds, Progress, RebuildProgress};
 pub use replay::{LogSource, RecordedLog};
-use store::{ActiveStore, LogEnds, Store};
+use store::{ActiveStore, Store};
 
 /// Shared with the HTTP handlers.
 #[derive(Clone)]
@@ -81,8 +81,10 @@ pub struct Application {
     projector: Projector,
     stopping: Arc<AtomicBool>,
     consumer_alive: Arc<AtomicBool>,
-    /// Run beside the consumer loop, for the lag on the query API's status page.
+    /// Run beside the consumer loop, for `projector_partition_lag_offsets` and
+    /// `projector_rebuild_progress_ratio`.
     log_end_watch: LogEndWatch,
+    watch_rebuilds: std::pin::Pin<Box<dyn Future<Output = ()> + Send>>,
 }
 
 impl Application {
@@ -117,7 +119,8 @@ impl Application {
             generation = store.schema(),
             "projecting into the active generation"
         );
-        // Heard by the watch below, written with the offsets for the query API's status page.
+        // Heard by the log-end watch below; for the lag gauge, and written with the offsets for
+        // the query API's status page.
         let log_ends = LogEnds::default();
         let store = ActiveStore::new(
             store.with_log_ends(log_ends.clone()),
@@ -125,7 +128,8 @@ impl Application {
             config.db_pool_size,
         );
         let stopping = Arc::new(AtomicBool::new(false));
-        let progress = Arc::new(Progress::default());
+        let metrics = Metrics::default();
+        let progress = Arc::new(Progress::new(&metrics));
         let (projector, ownership) = Projector::new(
             &config,
             store.clone(),
@@ -133,6 +137,9 @@ impl Application {
             stopping.clone(),
             progress.clone(),
         )?;
+        let consumer_alive = Arc::new(AtomicBool::new(true));
+        let rebuilds = RebuildProgress::default();
+        metrics::register(&metrics, &progress, &ownership, &log_ends, &rebuilds);
         let log_end_watch = LogEndWatch::new(
             &config.kafka_brokers,
             &config.kafka_topic,
@@ -140,9 +147,8 @@ impl Application {
             ownership.clone(),
             log_ends,
         )?;
-        let consumer_alive = Arc::new(AtomicBool::new(true));
-        let metrics = Metrics::default();
-        register_metrics(&metrics, &progress, &ownership);
+        let watch_rebuilds =
+            metrics::watch_rebuilds(store.clone(), config.kafka_topic.clone(), rebuilds);
         let state = AppState {
             store,
             consumer_alive: consumer_alive.clone(),
@@ -157,6 +163,7 @@ impl Application {
             stopping,
             consumer_alive,
             log_end_watch,
+            watch_rebuilds: Box::pin(watch_rebuilds),
         })
     }
 
@@ -178,6 +185,7 @@ impl Application {
             stopping,
             consumer_alive,
             log_end_watch,
+            watch_rebuilds,
         } = self;
         // Not joined: it ends within a second of `stopping`, and holds nothing to finish.
         let _log_end_watch = log_end_watch.spawn(stopping.clone())?;
@@ -196,11 +204,13 @@ impl Application {
             shutdown.await;
             stop.store(true, Ordering::Relaxed);
         }));
+        let watch_rebuilds = tokio::spawn(watch_rebuilds);
         let outcome = done_rx
             .await
             .unwrap_or_else(|_| Err("the consumer thread vanished".to_owned()));
         stopping.store(true, Ordering::Relaxed);
         http.abort();
+        watch_rebuilds.abort();
         outcome.map_err(anyhow::Error::msg)
     }
 }
@@ -250,50 +260,4 @@ async fn partitions(State(state): State<AppState>) -> impl IntoResponse {
         .map(|(p, c)| (p.to_string(), c.next_offset))
         .collect::<std::collections::BTreeMap<_, _>>();
     Json(owned)
-}
-
-fn register_metrics(metrics: &Metrics, progress: &Arc<Progress>, ownership: &Ownership) {
-    let p = progress.clone();
-    metrics.gauge(
-        "projector_decisions",
-        "Events decided since start, by outcome.",
-        move || {
-            let o = consumer::lock(&p.outcome);
-            let mut v = vec![(vec![("outcome", "applied".to_owned())], o.applied as f64)];
-            v.push((
-                vec![("outcome", "duplicate".to_owned())],
-                o.duplicates as f64,
-            ));
-            v.push((
-                vec![("outcome", "dead_letter".to_owned())],
-                o.dead_letters as f64,
-            ));
-            for (reason, n) in &o.rejected {
-                v.push((vec![("outcome", format!("rejected_{reason}"))], *n as f64));
-            }
-            v
-        },
-    );
-    let p = progress.clone();
-    metrics.sampled_counter(
-        "projector_stall_rejoins_total",
-        "Times this instance rejoined the group because partitions with events to project had no live owner.",
-        move || {
-            vec![(
-                Vec::new(),
-                p.stall_rejoins.load(std::sync::atomic::Ordering::Relaxed) as f64,
-            )]
-        },
-    );
-    let own = ownership.clone();
-    metrics.gauge(
-        "projector_partition_next_offset",
-        "Next offset to decide, per owned partition.",
-        move || {
-            consumer::lock(&own)
-                .iter()
-                .map(|(p, c)| (vec![("partition", p.to_string())], c.next_offset as f64))
-                .collect()
-        },
-    );
 }

@@ -1,3 +1,6 @@
+//! The projector binary: the live projector until Ctrl-C or SIGTERM, or one of its
+//! subcommands; then the last spans out when traces are on.
+
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -7,7 +10,13 @@ use projector::{Application, Config, generations, rebuild, switch, verify};
 #[tokio::main]
 async fn main() -> anyhow::Result<ExitCode> {
     let config = Config::parse();
-    service_kit::telemetry::init(config.log_format);
+    let telemetry = service_kit::telemetry::init(config.log_format)?;
+    let outcome = run(config).await;
+    telemetry.shutdown().await;
+    outcome
+}
+
+async fn run(config: Config) -> anyhow::Result<ExitCode> {
     match &config.command {
         Some(Command::Verify(args)) => {
             Ok(verify::run(&config, args, service_kit::shutdown::signal()).await)

@@ -27,7 +27,6 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, anyhow};
-use sqlx::Connection;
 
 use crate::config::{Config, RebuildArgs};
 use crate::generations::{self, GenerationState};
@@ -127,9 +126,12 @@ pub async fn rebuild_from(
         anyhow::bail!("another rebuild or drop-generation is running on this database");
     };
     let outcome = rebuild_locked(config, args, source, &live, interrupted).await;
-    // Closing the session releases the lock; failing to close only delays that.
-    if let Err(e) = lock.close().await {
-        tracing::warn!(error = %e, "cannot close the lock connection");
+    // Failing to unlock only delays that: the session's end releases it too.
+    if let Err(e) = generations::release(lock).await {
+        tracing::warn!(
+            error = format!("{e:#}"),
+            "cannot release the generations lock"
+        );
     }
     live.close().await;
     outcome

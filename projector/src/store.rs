@@ -8,9 +8,9 @@
 //! become rows, in a few bulk statements per batch, is [`crate::batch`].
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use events::Envelope;
 use events::progress::{FIRST_GENERATION, ProgressNotice, is_plain_identifier};
 use sqlx::Row;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
@@ -40,9 +40,9 @@ pub struct Claim {
     pub next_offset: i64,
 }
 
-/// Each partition's log end (the offset its next record will get), as last heard from the
-/// broker: written beside the offsets for the query API's status page (its lag).
-pub type LogEnds = Arc<Mutex<BTreeMap<i32, i64>>>;
+/// Each partition's log end, as [`crate::metrics::LogEndWatch`] last heard it from the broker:
+/// written beside the offsets for the query API's status page (its lag).
+pub use crate::metrics::LogEnds;
 
 /// What a batch decided on one partition, added to the partition's running counts in
 /// `projector_offsets` (which the status page reads instead of counting the decisions).
@@ -365,6 +365,7 @@ impl Store {
                     &self.topic,
                     std::slice::from_ref(record),
                     &mut one,
+                    self.live,
                 )
                 .await
                 {
@@ -376,7 +377,12 @@ impl Store {
                     }
                     Err(StoreError::Statement(e)) => {
                         savepoint.rollback().await?;
-                        tracing::error!(partition = record.partition, offset = record.offset, error = %e, "event failed to apply; dead-lettered");
+                        let command_id = record
+                            .payload
+                            .as_deref()
+                            .and_then(|payload| Envelope::decode(payload).ok())
+                            .map(|envelope| envelope.command_id);
+                        tracing::error!(command_id = command_id.map(tracing::field::display), partition = record.partition, offset = record.offset, error = %e, "event failed to apply; dead-lettered");
                         let failed = DeadLetter {
                             record,
                             error: format!("apply failed: {e}"),
@@ -393,7 +399,7 @@ impl Store {
                 }
             }
         } else {
-            project(&mut tx, &self.topic, &fresh, &mut outcome).await?;
+            project(&mut tx, &self.topic, &fresh, &mut outcome, self.live).await?;
         }
         for record in &fresh {
             outcome

@@ -119,8 +119,12 @@ pub async fn switch(
         outcome = switch_locked(config, &live, name) => outcome,
         () = interrupted => Err(anyhow!("interrupted; nothing was switched")),
     };
-    if let Err(e) = lock.close().await {
-        tracing::warn!(error = %e, "cannot close the lock connection");
+    // Failing to unlock only delays that: the session's end releases it too.
+    if let Err(e) = generations::release(lock).await {
+        tracing::warn!(
+            error = format!("{e:#}"),
+            "cannot release the generations lock"
+        );
     }
     live.close().await;
     outcome

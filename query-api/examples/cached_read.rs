@@ -57,7 +57,7 @@ fn main() -> anyhow::Result<()> {
             other => bail!("unknown argument {other}; takes --requests N and --bare"),
         }
     }
-    service_kit::telemetry::init(service_kit::telemetry::LogFormat::Text);
+    service_kit::telemetry::init(service_kit::telemetry::LogFormat::Text)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

@@ -221,7 +221,7 @@ struct Shard {
 
 impl Cache {
     /// A cache of at most `max_entries` entries and `max_bytes` bytes, suspended until
-    /// [`resume`](Cache::resume)d; 0 of either keeps nothing. Registers its gauges.
+    /// [`resume`](Cache::resume)d; 0 of either keeps nothing. Registers its metrics.
     pub fn new(max_entries: usize, max_bytes: usize, metrics: &Metrics) -> Cache {
         Self::with_shards(max_entries, max_bytes, MAX_SHARDS, metrics)
     }
@@ -252,7 +252,7 @@ impl Cache {
             following: AtomicBool::new(false),
             counters: Counters::default(),
         });
-        register_gauges(metrics, &inner);
+        register_metrics(metrics, &inner);
         Cache { inner: Some(inner) }
     }
 
@@ -556,48 +556,49 @@ fn write(shard: &RwLock<Shard>) -> RwLockWriteGuard<'_, Shard> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// Which of the [`Counters`] a gauge shows.
+/// Which of the [`Counters`] a counter series shows.
 type CounterOf = fn(&Counters) -> &AtomicU64;
 
-fn register_gauges(metrics: &Metrics, inner: &Arc<Inner>) {
+/// The cache's counters (kept in atomics, read at scrape time) and its gauges.
+fn register_metrics(metrics: &Metrics, inner: &Arc<Inner>) {
     let counters: [(&'static str, &'static str, CounterOf); 6] = [
         (
-            "query_api_cache_hits",
+            "query_api_cache_hits_total",
             "Reads answered from the read cache, since start.",
             |c| &c.hits,
         ),
         (
-            "query_api_cache_misses",
+            "query_api_cache_misses_total",
             "Cacheable reads that went to PostgreSQL (absent, stale, filled under watermarks \
              older than the read's token, or the cache suspended), since start.",
             |c| &c.misses,
         ),
         (
-            "query_api_cache_refused_fills",
+            "query_api_cache_refused_fills_total",
             "Answers read from PostgreSQL but not kept: invalidated while they were read, or \
              the cache suspended, since start.",
             |c| &c.refused,
         ),
         (
-            "query_api_cache_invalidations",
+            "query_api_cache_invalidations_total",
             "Ids (owners and posts) progress notices named, since start.",
             |c| &c.invalidated,
         ),
         (
-            "query_api_cache_clears",
+            "query_api_cache_clears_total",
             "Times the whole cache was made stale: notices that did not say what changed, \
              (re)connects and suspensions of the follower, generation switches.",
             |c| &c.clears,
         ),
         (
-            "query_api_cache_evictions",
+            "query_api_cache_evictions_total",
             "Entries evicted to stay within the bounds, since start.",
             |c| &c.evictions,
         ),
     ];
     for (name, help, counter) in counters {
         let inner = inner.clone();
-        metrics.gauge(name, help, move || {
+        metrics.sampled_counter(name, help, move || {
             vec![(
                 Vec::new(),
                 counter(&inner.counters).load(Ordering::Relaxed) as f64,

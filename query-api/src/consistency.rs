@@ -117,6 +117,10 @@ impl Watermarks {
         let heard_other_topics = Arc::new(AtomicBool::new(false));
         let waiting = Arc::new(AtomicU64::new(0));
         register_gauges(metrics, latest.clone(), waiting.clone());
+        // Every outcome's series from the start, so that a rate over them is never missing one.
+        for outcome in WAIT_OUTCOMES {
+            count_wait(metrics, outcome, 0);
+        }
         let progress = Progress {
             heard: heard_sender,
             published,
@@ -206,14 +210,22 @@ impl Watermarks {
     }
 
     fn count(&self, outcome: &'static str) {
-        self.metrics.count(
-            "query_api_consistency_waits_total",
-            "Reads that carried a Consistency-Token, by how they were released: immediate (already covered), \
-             woken (by the projector's notification), table (found covered at the deadline), timeout (503).",
-            vec![("outcome", outcome.to_owned())],
-            1,
-        );
+        count_wait(&self.metrics, outcome, 1);
     }
+}
+
+/// How a token read's wait ends: every value of `query_api_consistency_waits_total`'s
+/// `outcome` label.
+const WAIT_OUTCOMES: [&str; 4] = ["immediate", "woken", "table", "timeout"];
+
+fn count_wait(metrics: &Metrics, outcome: &'static str, by: u64) {
+    metrics.count(
+        "query_api_consistency_waits_total",
+        "Reads that carried a Consistency-Token, by how they were released: immediate (already covered), \
+         woken (by the projector's notification), table (found covered at the deadline), timeout (503).",
+        vec![("outcome", outcome.to_owned())],
+        by,
+    );
 }
 
 /// Counts a request as waiting for as long as it is held, also when the client goes away.

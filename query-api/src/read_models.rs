@@ -307,6 +307,10 @@ impl ReadModels {
                     .collect()
             },
         );
+        // Every replica's fallback series from the start, so that a rate over them has it.
+        for replica in &read_models.shared.replicas {
+            count_fallback(metrics, &replica.label, 0);
+        }
         read_models
     }
 
@@ -517,7 +521,7 @@ impl Source {
                 },
             }
             failed.store(true, Ordering::Relaxed);
-            count_fallback(&shared.metrics, &replica.label);
+            count_fallback(&shared.metrics, &replica.label, 1);
         }
         let mut answer = query(self.generation.pool.clone()).await;
         // Connections are not pinged before use (see `read_pool`): one that died while idle (a
@@ -650,12 +654,12 @@ impl Source {
     }
 }
 
-fn count_fallback(metrics: &Metrics, replica: &str) {
+fn count_fallback(metrics: &Metrics, replica: &str, by: u64) {
     metrics.count(
         "query_api_replica_fallbacks_total",
         "Reads sent to a replica that could not answer them, and were answered by the primary.",
         vec![("replica", replica.to_owned())],
-        1,
+        by,
     );
 }
 

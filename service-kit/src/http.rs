@@ -5,8 +5,10 @@
 //! route again at every call, and each box costs a request a clone and a boxed future), and
 //! one layer of our own for the request's span and its latency, whose future is not boxed and
 //! whose metrics take no lock to write and allocate nothing once a series exists. The span
-//! has two fields: the text formatter writes every field of every span into a string as the
-//! span is created, logged or not. `query-api/examples/cached_read.rs` measures what a request
+//! has two fields at its start (a write records its command id later): the text formatter
+//! writes every field of every span into a string as the span is created, logged or not. With
+//! traces off, what they add to a request is a header lookup (`traceparent`) and a status
+//! offered to a layer that is not there. `query-api/examples/cached_read.rs` measures what a request
 //! costs (see BENCHMARKS.md).
 
 use std::any::Any;
@@ -34,6 +36,7 @@ use tower_http::request_id::{
 use crate::limits::HeadLimitsLayer;
 use crate::metrics::{self, Histogram, Labels, Metrics};
 use crate::problem::Problem;
+use crate::telemetry;
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -74,18 +77,27 @@ pub fn with_common_layers(router: Router, metrics: Metrics) -> Router {
 }
 
 /// The span every log line of a request is in: the request id, and what was asked as
-/// OpenTelemetry names an HTTP server span (`GET /v1/posts/{post_id}`), in one field.
+/// OpenTelemetry names an HTTP server span (`GET /v1/posts/{post_id}`), in one field. A write
+/// records its command id on it once it is known (`command_id`, empty until then, so not
+/// written). With traces on, a request that brings a W3C `traceparent` continues its trace.
 fn request_span(method: &Method, route: &str, request: &Request) -> tracing::Span {
     let id = request
         .extensions()
         .get::<RequestId>()
         .and_then(|id| id.header_value().to_str().ok())
         .unwrap_or("-");
-    tracing::info_span!(
-        "request",
+    let span = tracing::info_span!(
+        telemetry::REQUEST_SPAN,
         route = %format_args!("{method} {route}"),
-        request_id = %id
-    )
+        request_id = %id,
+        command_id = tracing::field::Empty,
+    );
+    // One header lookup when there is none; extracting the context only when there is.
+    if request.headers().contains_key(telemetry::TRACEPARENT) {
+        let headers = request.headers();
+        telemetry::continue_trace(&span, |name| headers.get(name)?.to_str().ok());
+    }
+    span
 }
 
 /// Request ids for requests that come without one, in the form of a random (v4) UUID, without
@@ -168,7 +180,7 @@ struct Series {
 
 /// The route label of requests no route matched (answered by the fallback): one series for
 /// all their paths, which are the client's choice and unbounded.
-const UNMATCHED: &str = "unmatched";
+pub(crate) const UNMATCHED: &str = "unmatched";
 
 impl RequestMetrics {
     fn register(registry: &Metrics) -> Arc<RequestMetrics> {
@@ -372,6 +384,7 @@ where
             pending
                 .requests
                 .observe(route, pending.method, status.as_u16(), elapsed);
+            telemetry::record_response_status(this.span, status.as_u16());
             if status.is_server_error() {
                 tracing::error!(status = status.as_u16(), latency = ?elapsed, "response failed");
             } else {
@@ -571,6 +584,56 @@ mod tests {
             &format_uuid_v4(0x0123_4567_89ab_cdef_0123_4567_89ab_cdef),
             b"01234567-89ab-4def-8123-456789abcdef"
         );
+    }
+
+    /// With traces on, the handler's span is in the trace the request's `traceparent` names,
+    /// and passes that trace on. (Unsampled, so that nothing waits to be exported to the
+    /// endpoint nobody listens on.)
+    #[tokio::test]
+    async fn a_request_continues_the_trace_of_its_traceparent() {
+        let traces = telemetry::TraceExport {
+            service_name: "test".into(),
+            encoding: telemetry::OtlpEncoding::Json,
+            endpoint: Some("http://127.0.0.1:9/v1/traces".into()),
+            timeout: Duration::from_secs(1),
+            schedule_delay: None,
+        };
+        let (dispatch, telemetry) = telemetry::subscriber(
+            telemetry::LogFormat::Text,
+            tracing_subscriber::EnvFilter::new("info"),
+            Some(&traces),
+        )
+        .expect("a subscriber");
+        let default = tracing::dispatcher::set_default(&dispatch);
+        let passed_on = || async {
+            let mut traceparent = String::new();
+            telemetry::trace_context_headers(|_, value| traceparent = value.to_owned());
+            traceparent
+        };
+        let app = with_common_layers(
+            Router::new().route("/onwards", get(passed_on)),
+            Metrics::default(),
+        );
+        let request = Request::get("/onwards")
+            .header(
+                "traceparent",
+                "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00",
+            )
+            .body(Body::empty())
+            .expect("a request");
+        let response = app.oneshot(request).await.expect("infallible");
+        let body = axum::body::to_bytes(response.into_body(), 1024)
+            .await
+            .expect("a body");
+        let traceparent = String::from_utf8_lossy(&body);
+        assert!(
+            traceparent.starts_with("00-0af7651916cd43dd8448eb211c80319c-"),
+            "{traceparent}"
+        );
+        // The request's span is the parent now, not the caller's.
+        assert!(!traceparent.contains("b7ad6b7169203331"), "{traceparent}");
+        drop(default);
+        telemetry.shutdown().await;
     }
 
     #[tokio::test]

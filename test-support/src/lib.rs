@@ -15,6 +15,7 @@
 //!   the newest under `/usr/lib/postgresql`).
 //!
 //! [`openapi`] checks real answers against a service's OpenAPI document.
+//! [`metrics_docs`] holds each service's check of its `/metrics` against `docs/metrics.md`.
 
 pub mod openapi;
 
@@ -29,6 +30,8 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use sqlx::{Connection, Executor, PgConnection};
 use tokio::process::{Child, Command};
 use uuid::Uuid;
+
+pub mod metrics_docs;
 
 /// The migrations the projector applies, for tests that set up a schema without a projector.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");

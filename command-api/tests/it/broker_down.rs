@@ -78,6 +78,12 @@ async fn writes_answer_503_while_the_broker_is_down_and_recover_when_it_is_back(
             .any(|l| l.starts_with("command_appends_total") && !l.contains("\"appended\"")),
         "{metrics}"
     );
+    assert!(
+        metrics.lines().any(|l| l
+            .starts_with("command_append_duration_seconds_count{outcome=\"error\"}")
+            && !l.ends_with(" 0")),
+        "the failed append's latency is observed: {metrics}"
+    );
 
     broker.resume().await;
     let after = write_until_accepted(&app, "after-outage").await;

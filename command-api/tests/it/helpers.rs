@@ -58,7 +58,7 @@ pub fn config(brokers: &str, topic: &str) -> Config {
 }
 
 pub async fn spawn_app_with(config: Config) -> TestApp {
-    service_kit::telemetry::init(service_kit::telemetry::LogFormat::Text);
+    service_kit::telemetry::init(service_kit::telemetry::LogFormat::Text).expect("logging");
     let keys = config.auth_keys().expect("valid test keys");
     assert!(!keys.is_empty(), "tests configure their keys");
     let tokens = Tokens::new(keys, config.auth_token_ttl()).expect("keys");

@@ -8,6 +8,7 @@ mod broker_down;
 mod helpers;
 mod idempotency;
 mod limits;
+mod metrics;
 mod openapi;
 mod ratelimit;
 mod rejected;

@@ -5,7 +5,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use projector::log_ends::LogEndWatch;
+use projector::metrics::LogEndWatch;
 use projector::store::{Claim, LogEnds};
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};

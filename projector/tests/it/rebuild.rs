@@ -1,7 +1,8 @@
 //! `projector rebuild` and the generations: a rebuild ends in a `ready` generation equal to the
 //! live read model; an interrupted one resumes where it stopped and ends the same; the live
 //! pipeline keeps deciding and answering token reads during a rebuild; drop-generation removes
-//! a generation and refuses public or the active one; the binary's exit codes (switch too).
+//! a generation and refuses public or the active one; the binary's exit codes (switch too); the
+//! live projector's `/metrics` shows a stopped rebuild's progress.
 
 use clap::Parser;
 
@@ -9,6 +10,7 @@ use projector::config::{Command, Config, RebuildArgs};
 use projector::generations::{self, DropRefused, Generation, GenerationState};
 use projector::rebuild::{RebuildReport, rebuild};
 
+use crate::metrics::wait_for_series;
 use crate::stack::{ReadYourWritesLoad, Stack, end_offsets, schema_exists, snapshot, snapshot_in};
 use crate::verify::mixed_history;
 
@@ -129,6 +131,11 @@ async fn an_interrupted_rebuild_resumes_where_it_stopped_and_ends_the_same() {
         (listed[1].state, listed[1].events),
         (GenerationState::Building, 6)
     );
+    // The live projector shows how far the generation is: 6 of the live read model's events.
+    stack.wait_caught_up().await;
+    let live_projector = &stack._projector.as_ref().expect("in-process projector").url;
+    let progress = r#"projector_rebuild_progress_ratio{generation="generation_1"}"#;
+    wait_for_series(live_projector, progress, Some(6.0 / total as f64)).await;
 
     // Ctrl-C at once: whatever committed stays, nothing is lost.
     let (config, args) = rebuild_config(&stack, &["--batch-size=3"]);
@@ -161,6 +168,8 @@ async fn an_interrupted_rebuild_resumes_where_it_stopped_and_ends_the_same() {
         (listed[1].state, listed[1].events),
         (GenerationState::Ready, total)
     );
+    // Ready is no longer being rebuilt.
+    wait_for_series(live_projector, progress, None).await;
     stack.db.drop_database().await;
 }
 

@@ -234,7 +234,7 @@ impl Stack {
 
     /// A stack on the given broker and database, with or without an in-process projector.
     pub async fn start_on(brokers: String, db: TestDb, with_projector: bool) -> Stack {
-        service_kit::telemetry::init(service_kit::telemetry::LogFormat::Text);
+        service_kit::telemetry::init(service_kit::telemetry::LogFormat::Text).expect("logging");
         let topic = test_support::unique_topic("pipeline");
         // The command API creates the topic; the projector migrates the database.
         let command = command_api(&brokers, &topic).await;

@@ -53,7 +53,7 @@ async fn run_verify(stack: &Stack, flags: &[&str]) -> VerifyReport {
         .expect("verify runs to the end")
 }
 
-fn partition_of(accepted: &Accepted) -> i32 {
+pub fn partition_of(accepted: &Accepted) -> i32 {
     accepted
         .token
         .split('.')

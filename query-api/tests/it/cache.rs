@@ -11,8 +11,8 @@ use uuid::Uuid;
 use crate::helpers::{TestApp, config, eventually, json_ok, problem, spawn_app_with};
 use crate::seed;
 
-const HITS: &str = "query_api_cache_hits";
-const CLEARS: &str = "query_api_cache_clears";
+const HITS: &str = "query_api_cache_hits_total";
+const CLEARS: &str = "query_api_cache_clears_total";
 
 struct Fixture {
     db: TestDb,

@@ -37,7 +37,7 @@ pub async fn spawn_app(database_url: &str, topic: &str, consistency_wait: Durati
 }
 
 pub async fn spawn_app_with(config: Config) -> TestApp {
-    service_kit::telemetry::init(service_kit::telemetry::LogFormat::Text);
+    service_kit::telemetry::init(service_kit::telemetry::LogFormat::Text).expect("logging");
     let app = Application::build(config).await.expect("build the app");
     let address = format!("http://127.0.0.1:{}", app.port());
     let (shutdown, stopped) = oneshot::channel::<()>();

@@ -15,6 +15,7 @@ mod conditional;
 mod consistency;
 mod generations;
 mod helpers;
+mod metrics;
 mod openapi;
 mod outage;
 mod pagination;

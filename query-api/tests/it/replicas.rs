@@ -126,6 +126,17 @@ async fn reads_are_served_by_the_replica() {
         replica_reads + 3.0,
         "two queries"
     );
+    let metrics = f
+        .app
+        .get("/metrics")
+        .await
+        .text()
+        .await
+        .expect("metrics text");
+    test_support::metrics_docs::assert_documented(
+        &metrics,
+        &["Every service", "Query API", "Query API with read replicas"],
+    );
 }
 
 #[tokio::test]
