@@ -174,7 +174,7 @@ async fn the_status_page_shows_the_real_offsets_and_follows_them_live() {
         })
         .await;
     for (partition, applied, rejected, dead) in
-        [(0, "3", "1 (0 · 0 · 1 · 0)", "0"), (1, "2", "0", "1")]
+        [(0, "3", "1 (already exists 1)", "0"), (1, "2", "0", "1")]
     {
         assert_eq!(shown(&rows, partition, "partition"), partition.to_string());
         assert_eq!(shown(&rows, partition, "applied"), applied, "{rows}");
