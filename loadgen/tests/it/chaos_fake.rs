@@ -3,7 +3,6 @@
 //! one promise each, for the checks to catch.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use axum::extract::{Path, Query, State};
@@ -12,8 +11,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, patch, post};
 use axum::{Json, Router};
 use serde_json::{Value, json};
-use tokio::sync::oneshot;
 use uuid::Uuid;
+
+use crate::helpers::{TestServer, serve};
 
 /// Promises the fake breaks, each once.
 #[derive(Debug, Clone, Copy, Default)]
@@ -70,7 +70,7 @@ type Shared = Arc<Mutex<Ledger>>;
 pub struct ChaosFake {
     pub url: String,
     pub ledger: Shared,
-    _shutdown: oneshot::Sender<()>,
+    _server: TestServer,
 }
 
 pub async fn start(faults: Faults) -> ChaosFake {
@@ -87,21 +87,11 @@ pub async fn start(faults: Faults) -> ChaosFake {
         .route("/v1/commands/{command_id}", get(read_command))
         .route("/v1/streams/{aggregate_id}/events", get(read_stream))
         .with_state(Arc::clone(&ledger));
-    let addr: SocketAddr = "127.0.0.1:0".parse().expect("address");
-    let listener = tokio::net::TcpListener::bind(addr).await.expect("bind");
-    let url = format!("http://{}", listener.local_addr().expect("local address"));
-    let (shutdown, stopped) = oneshot::channel::<()>();
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, router)
-            .with_graceful_shutdown(async move {
-                let _ = stopped.await;
-            })
-            .await;
-    });
+    let server = serve(router).await;
     ChaosFake {
-        url,
+        url: server.url.clone(),
         ledger,
-        _shutdown: shutdown,
+        _server: server,
     }
 }
 

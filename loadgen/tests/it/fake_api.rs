@@ -3,7 +3,6 @@
 //! both the command and the query routes; a write is "projected" at once.
 
 use std::collections::{HashMap, HashSet};
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use axum::extract::{Path, State};
@@ -12,8 +11,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, patch, post};
 use axum::{Json, Router};
 use serde_json::{Value, json};
-use tokio::sync::oneshot;
 use uuid::Uuid;
+
+use crate::helpers::{TestServer, serve};
 
 /// What the fake has seen and holds.
 #[derive(Debug, Default)]
@@ -37,7 +37,7 @@ type Shared = Arc<Mutex<Ledger>>;
 pub struct FakeApi {
     pub url: String,
     pub ledger: Shared,
-    _shutdown: oneshot::Sender<()>,
+    _server: TestServer,
 }
 
 pub async fn start() -> FakeApi {
@@ -57,21 +57,11 @@ pub async fn start() -> FakeApi {
         .route("/v1/posts/{post_id}", get(read_post))
         .route("/v1/commands/{command_id}", get(read_command))
         .with_state(Arc::clone(&ledger));
-    let addr: SocketAddr = "127.0.0.1:0".parse().expect("address");
-    let listener = tokio::net::TcpListener::bind(addr).await.expect("bind");
-    let url = format!("http://{}", listener.local_addr().expect("local address"));
-    let (shutdown, stopped) = oneshot::channel::<()>();
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, router)
-            .with_graceful_shutdown(async move {
-                let _ = stopped.await;
-            })
-            .await;
-    });
+    let server = serve(router).await;
     FakeApi {
-        url,
+        url: server.url.clone(),
         ledger,
-        _shutdown: shutdown,
+        _server: server,
     }
 }
 

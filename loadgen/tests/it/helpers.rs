@@ -7,7 +7,7 @@ use clap::Parser;
 use loadgen::{BareServer, Cli, Command, RunConfig};
 use tokio::sync::oneshot;
 
-/// A bare server on a free port; stops when dropped.
+/// A server on a free port; stops when dropped.
 pub struct TestServer {
     pub url: String,
     _shutdown: oneshot::Sender<()>,
@@ -21,6 +21,25 @@ pub async fn bare_server() -> TestServer {
     tokio::spawn(server.run(async move {
         let _ = stopped.await;
     }));
+    TestServer {
+        url,
+        _shutdown: shutdown,
+    }
+}
+
+/// `router` served on a free port until the returned server is dropped: the fake APIs' server.
+pub async fn serve(router: axum::Router) -> TestServer {
+    let addr: SocketAddr = "127.0.0.1:0".parse().expect("address");
+    let listener = tokio::net::TcpListener::bind(addr).await.expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("local address"));
+    let (shutdown, stopped) = oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, router)
+            .with_graceful_shutdown(async move {
+                let _ = stopped.await;
+            })
+            .await;
+    });
     TestServer {
         url,
         _shutdown: shutdown,
