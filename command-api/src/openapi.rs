@@ -5,23 +5,31 @@
 //! that attribute: a write cannot be served undocumented. Here: the parameters each extractor
 //! reads ([`IntoParams`] for [`UserPath`], [`PostPath`], [`ExpectedVersion`] and
 //! [`IdempotencyKey`], with the extractors' own limits), the request bodies (from
-//! [`crate::command::schema`], the field rules' constants), the sign-up's answer, and the
-//! bearer security scheme. `service_kit::openapi::document` adds what all services share.
+//! [`crate::command::schema`], the field rules' constants), the sign-up's answer, the
+//! bearer security scheme, and the answers that several writes share ([`IntoResponses`] types
+//! that the routes' `responses(...)` name: [`WriteAccepted`], [`OwnedWriteRefusals`],
+//! [`BodyRefusals`], [`NotAppended`]), so that each is said once and a route's attribute says
+//! only what is its own. `service_kit::openapi::document` adds what all services share.
 
 use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::marker::PhantomData;
 
+use utoipa::openapi::header::HeaderBuilder;
 use utoipa::openapi::path::{Parameter, ParameterBuilder, ParameterIn};
+use utoipa::openapi::response::{Response, ResponseBuilder};
 use utoipa::openapi::schema::{
     AllOfBuilder, KnownFormat, ObjectBuilder, Schema, SchemaFormat, Type,
 };
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::openapi::{OpenApi, RefOr, Required};
-use utoipa::{IntoParams, Modify, PartialSchema, ToSchema};
+use utoipa::openapi::{ContentBuilder, OpenApi, Ref, RefOr, Required};
+use utoipa::{IntoParams, IntoResponses, Modify, PartialSchema, ToSchema};
 
 use crate::command::schema::Body;
 use crate::extract::{
     ExpectedVersion, IDEMPOTENCY_KEY_MAX_LEN, IdempotencyKey, PostPath, UserPath,
 };
+use crate::routes::AcceptedBody;
 
 /// The name of the bearer security scheme that the writes under a user's path require.
 pub const BEARER: &str = "bearer";
@@ -41,6 +49,8 @@ pub const BEARER: &str = "bearer";
         (name = "writes", description = "The six writes."),
         (name = "operations", description = "Health, readiness, metrics, this document."),
     ),
+    // The bodies of the 202s, which `WriteAccepted` refers to by name.
+    components(schemas(AcceptedBody, SignedUp)),
     modifiers(&BearerScheme)
 )]
 pub struct ApiDoc;
@@ -213,11 +223,98 @@ impl ToSchema for SignedUp {
     }
 
     fn schemas(schemas: &mut Vec<(String, RefOr<Schema>)>) {
-        use crate::routes::AcceptedBody;
         schemas.push((AcceptedBody::name().into_owned(), AcceptedBody::schema()));
         <AcceptedBody as ToSchema>::schemas(schemas);
     }
 }
+
+/// The 202 of every write: the event is in the log, with `Body` (an [`AcceptedBody`], or the
+/// sign-up's [`SignedUp`]) and the headers of [`crate::routes::Accepted`]. Its schema is
+/// referred to by name: the document's `components` must have it (see [`ApiDoc`]).
+pub struct WriteAccepted<Body = AcceptedBody>(PhantomData<Body>);
+
+impl<Body: ToSchema> IntoResponses for WriteAccepted<Body> {
+    fn responses() -> BTreeMap<String, RefOr<Response>> {
+        let header = |description: &str| {
+            HeaderBuilder::new()
+                .schema(ObjectBuilder::new().schema_type(Type::String))
+                .description(Some(description))
+                .build()
+        };
+        let accepted = ResponseBuilder::new()
+            .description(
+                "Accepted: the event is in the log. The projector decides it next \
+                 (GET /v1/commands/{command_id} on the query API).",
+            )
+            .content(
+                "application/json",
+                ContentBuilder::new()
+                    .schema(Some(Ref::from_schema_name(Body::name())))
+                    .build(),
+            )
+            .header(
+                "Location",
+                header("/v1/commands/{command_id}: where the decision will be."),
+            )
+            .header(
+                "Consistency-Token",
+                header(
+                    "The write's log position: a read that sends it back is answered once the \
+                     read model includes this write.",
+                ),
+            )
+            .build();
+        BTreeMap::from([("202".to_owned(), accepted.into())])
+    }
+}
+
+/// The refusals of [`crate::routes::require_path_user`], the route layer of every write under a
+/// user's path: they come before the handler looks at anything else.
+#[derive(IntoResponses)]
+pub enum OwnedWriteRefusals {
+    #[response(
+        status = 401,
+        description = "No valid bearer token.",
+        headers(("WWW-Authenticate" = String, description = "The Bearer challenge (RFC 6750), with `error=\"invalid_token\"` when a token was sent."))
+    )]
+    Unauthenticated,
+    #[response(
+        status = 403,
+        description = "The bearer token is another user's than the path's."
+    )]
+    Forbidden,
+    #[response(
+        status = 429,
+        description = "Over the caller's write rate limit (by user); nothing appended."
+    )]
+    RateLimited,
+}
+
+/// The refusals of a write's JSON body ([`crate::extract::JsonBody`] and the field rules).
+#[derive(IntoResponses)]
+pub enum BodyRefusals {
+    #[response(status = 413, description = "The body is larger than 64 KiB.")]
+    TooLarge,
+    #[response(
+        status = 415,
+        description = "The Content-Type is not JSON (application/json or application/*+json)."
+    )]
+    NotJson,
+    #[response(
+        status = 422,
+        description = "Well-formed JSON that breaks a field rule: `errors` names each field."
+    )]
+    BreaksAFieldRule,
+}
+
+/// A write that the broker did not take, or not in time ([`crate::appender`], and the bound on
+/// writes in flight).
+#[derive(IntoResponses)]
+#[response(
+    status = 503,
+    description = "Not appended (too many writes waiting, or the log unreachable), or unknown after a timeout: retry, with the same Idempotency-Key."
+)]
+pub struct NotAppended;
 
 #[cfg(test)]
 mod tests {

@@ -23,7 +23,10 @@ use crate::command::routes as paths;
 use crate::command::{self, Write};
 use crate::error::ApiError;
 use crate::extract::{Caller, ExpectedVersion, IdempotencyKey, JsonBody, PostPath, UserPath};
-use crate::openapi::{EditPost, PublishPost, RegisterUser, SignedUp, UpdateProfile};
+use crate::openapi::{
+    BodyRefusals, EditPost, NotAppended, OwnedWriteRefusals, PublishPost, RegisterUser, SignedUp,
+    UpdateProfile, WriteAccepted,
+};
 use crate::ratelimit::Client;
 
 pub const CONSISTENCY_TOKEN: HeaderName = HeaderName::from_static("consistency-token");
@@ -106,18 +109,11 @@ pub async fn limit_sign_ups(
     params(IdempotencyKey),
     request_body(content = RegisterUser, content_type = "application/json"),
     responses(
-        (status = 202, description = "Accepted: the event is in the log. The projector decides it next \
-            (GET /v1/commands/{command_id} on the query API).", body = SignedUp,
-            headers(
-                ("Location" = String, description = "/v1/commands/{command_id}: where the decision will be."),
-                ("Consistency-Token" = String, description = "The write's log position: a read that sends it back is answered once the read model includes this write."),
-            )),
+        WriteAccepted<SignedUp>,
         (status = 400, description = "Malformed: JSON or Idempotency-Key."),
-        (status = 413, description = "The body is larger than 64 KiB."),
-        (status = 415, description = "The Content-Type is not JSON (application/json or application/*+json)."),
-        (status = 422, description = "Well-formed JSON that breaks a field rule: `errors` names each field."),
+        BodyRefusals,
         (status = 429, description = "Over the caller's write rate limit (by IP, for sign-ups); nothing appended."),
-        (status = 503, description = "Not appended (too many writes waiting, or the log unreachable), or unknown after a timeout: retry, with the same Idempotency-Key."),
+        NotAppended,
     )
 )]
 /// `POST /v1/users`: open, and its answer carries the new user's access token.
@@ -143,21 +139,11 @@ pub async fn register_user(
     request_body(content = UpdateProfile, content_type = "application/json"),
     security(("bearer" = [])),
     responses(
-        (status = 202, description = "Accepted: the event is in the log. The projector decides it next \
-            (GET /v1/commands/{command_id} on the query API).", body = AcceptedBody,
-            headers(
-                ("Location" = String, description = "/v1/commands/{command_id}: where the decision will be."),
-                ("Consistency-Token" = String, description = "The write's log position: a read that sends it back is answered once the read model includes this write."),
-            )),
+        WriteAccepted,
         (status = 400, description = "Malformed: JSON, a path id that is not a UUID, If-Match, or Idempotency-Key."),
-        (status = 401, description = "No valid bearer token.",
-            headers(("WWW-Authenticate" = String, description = "The Bearer challenge (RFC 6750), with `error=\"invalid_token\"` when a token was sent."))),
-        (status = 403, description = "The bearer token is another user's than the path's."),
-        (status = 413, description = "The body is larger than 64 KiB."),
-        (status = 415, description = "The Content-Type is not JSON (application/json or application/*+json)."),
-        (status = 422, description = "Well-formed JSON that breaks a field rule: `errors` names each field."),
-        (status = 429, description = "Over the caller's write rate limit (by user); nothing appended."),
-        (status = 503, description = "Not appended (too many writes waiting, or the log unreachable), or unknown after a timeout: retry, with the same Idempotency-Key."),
+        OwnedWriteRefusals,
+        BodyRefusals,
+        NotAppended,
     )
 )]
 /// `PATCH /v1/users/{user_id}`: edit the user's profile.
@@ -188,18 +174,10 @@ pub async fn update_profile(
     params(UserPath, ExpectedVersion, IdempotencyKey),
     security(("bearer" = [])),
     responses(
-        (status = 202, description = "Accepted: the event is in the log. The projector decides it next \
-            (GET /v1/commands/{command_id} on the query API).", body = AcceptedBody,
-            headers(
-                ("Location" = String, description = "/v1/commands/{command_id}: where the decision will be."),
-                ("Consistency-Token" = String, description = "The write's log position: a read that sends it back is answered once the read model includes this write."),
-            )),
+        WriteAccepted,
         (status = 400, description = "Malformed: a path id that is not a UUID, If-Match, or Idempotency-Key."),
-        (status = 401, description = "No valid bearer token.",
-            headers(("WWW-Authenticate" = String, description = "The Bearer challenge (RFC 6750), with `error=\"invalid_token\"` when a token was sent."))),
-        (status = 403, description = "The bearer token is another user's than the path's."),
-        (status = 429, description = "Over the caller's write rate limit (by user); nothing appended."),
-        (status = 503, description = "Not appended (too many writes waiting, or the log unreachable), or unknown after a timeout: retry, with the same Idempotency-Key."),
+        OwnedWriteRefusals,
+        NotAppended,
     )
 )]
 /// `DELETE /v1/users/{user_id}`: delete the user and, with it, the user's posts.
@@ -231,21 +209,11 @@ pub async fn delete_user(
     request_body(content = PublishPost, content_type = "application/json"),
     security(("bearer" = [])),
     responses(
-        (status = 202, description = "Accepted: the event is in the log. The projector decides it next \
-            (GET /v1/commands/{command_id} on the query API).", body = AcceptedBody,
-            headers(
-                ("Location" = String, description = "/v1/commands/{command_id}: where the decision will be."),
-                ("Consistency-Token" = String, description = "The write's log position: a read that sends it back is answered once the read model includes this write."),
-            )),
+        WriteAccepted,
         (status = 400, description = "Malformed: JSON, a path id that is not a UUID, If-Match, or Idempotency-Key."),
-        (status = 401, description = "No valid bearer token.",
-            headers(("WWW-Authenticate" = String, description = "The Bearer challenge (RFC 6750), with `error=\"invalid_token\"` when a token was sent."))),
-        (status = 403, description = "The bearer token is another user's than the path's."),
-        (status = 413, description = "The body is larger than 64 KiB."),
-        (status = 415, description = "The Content-Type is not JSON (application/json or application/*+json)."),
-        (status = 422, description = "Well-formed JSON that breaks a field rule: `errors` names each field."),
-        (status = 429, description = "Over the caller's write rate limit (by user); nothing appended."),
-        (status = 503, description = "Not appended (too many writes waiting, or the log unreachable), or unknown after a timeout: retry, with the same Idempotency-Key."),
+        OwnedWriteRefusals,
+        BodyRefusals,
+        NotAppended,
     )
 )]
 /// `POST /v1/users/{user_id}/posts`: publish a post.
@@ -269,21 +237,11 @@ pub async fn publish_post(
     request_body(content = EditPost, content_type = "application/json"),
     security(("bearer" = [])),
     responses(
-        (status = 202, description = "Accepted: the event is in the log. The projector decides it next \
-            (GET /v1/commands/{command_id} on the query API).", body = AcceptedBody,
-            headers(
-                ("Location" = String, description = "/v1/commands/{command_id}: where the decision will be."),
-                ("Consistency-Token" = String, description = "The write's log position: a read that sends it back is answered once the read model includes this write."),
-            )),
+        WriteAccepted,
         (status = 400, description = "Malformed: JSON, a path id that is not a UUID, If-Match, or Idempotency-Key."),
-        (status = 401, description = "No valid bearer token.",
-            headers(("WWW-Authenticate" = String, description = "The Bearer challenge (RFC 6750), with `error=\"invalid_token\"` when a token was sent."))),
-        (status = 403, description = "The bearer token is another user's than the path's."),
-        (status = 413, description = "The body is larger than 64 KiB."),
-        (status = 415, description = "The Content-Type is not JSON (application/json or application/*+json)."),
-        (status = 422, description = "Well-formed JSON that breaks a field rule: `errors` names each field."),
-        (status = 429, description = "Over the caller's write rate limit (by user); nothing appended."),
-        (status = 503, description = "Not appended (too many writes waiting, or the log unreachable), or unknown after a timeout: retry, with the same Idempotency-Key."),
+        OwnedWriteRefusals,
+        BodyRefusals,
+        NotAppended,
     )
 )]
 /// `PATCH /v1/users/{user_id}/posts/{post_id}`: edit a post.
@@ -314,18 +272,10 @@ pub async fn edit_post(
     params(PostPath, ExpectedVersion, IdempotencyKey),
     security(("bearer" = [])),
     responses(
-        (status = 202, description = "Accepted: the event is in the log. The projector decides it next \
-            (GET /v1/commands/{command_id} on the query API).", body = AcceptedBody,
-            headers(
-                ("Location" = String, description = "/v1/commands/{command_id}: where the decision will be."),
-                ("Consistency-Token" = String, description = "The write's log position: a read that sends it back is answered once the read model includes this write."),
-            )),
+        WriteAccepted,
         (status = 400, description = "Malformed: a path id that is not a UUID, If-Match, or Idempotency-Key."),
-        (status = 401, description = "No valid bearer token.",
-            headers(("WWW-Authenticate" = String, description = "The Bearer challenge (RFC 6750), with `error=\"invalid_token\"` when a token was sent."))),
-        (status = 403, description = "The bearer token is another user's than the path's."),
-        (status = 429, description = "Over the caller's write rate limit (by user); nothing appended."),
-        (status = 503, description = "Not appended (too many writes waiting, or the log unreachable), or unknown after a timeout: retry, with the same Idempotency-Key."),
+        OwnedWriteRefusals,
+        NotAppended,
     )
 )]
 /// `DELETE /v1/users/{user_id}/posts/{post_id}`: delete a post.

@@ -135,7 +135,7 @@ pub fn router(state: AppState) -> Router {
         .merge(routes::routes())
         .with_state(state)
         .split_for_parts();
-    let api = service_kit::openapi::serve(api, &service_kit::openapi::document(document));
+    let api = service_kit::openapi::serve(api, &openapi::document(document));
     service_kit::http::with_common_layers(api, metrics)
 }
 
@@ -145,7 +145,7 @@ pub fn openapi_document() -> serde_json::Value {
     let api = OpenApiRouter::<AppState>::with_openapi(openapi::ApiDoc::openapi())
         .merge(routes::routes())
         .into_openapi();
-    service_kit::openapi::document(api)
+    openapi::document(api)
 }
 
 /// A built service, bound to its port, ready to [`run`](Application::run).

@@ -4,13 +4,19 @@
 //! registers it with `utoipa_axum::routes!`, which takes the route from that attribute: a read
 //! cannot be served undocumented. Here: the parameters that the extractors read ([`IntoParams`]
 //! for [`PageRequest`], [`StreamPageRequest`], [`ReadAfter`] and [`IfNoneMatch`], with the
-//! pagination's own constants) and the document's title. `service_kit::openapi::document` adds
-//! what all services share.
+//! pagination's own constants), the document's title, and the answers that several reads
+//! share, so that each is said once and a route's attribute says only what is its own: the
+//! [`IntoResponses`] types that the routes' `responses(...)` name ([`MalformedIdOrToken`],
+//! [`ReadUnavailable`]), and what a read that takes `If-None-Match` answers besides, which
+//! [`document`] adds ([`conditional_reads`]). `service_kit::openapi::document` then adds what
+//! all services share.
 
-use utoipa::IntoParams;
-use utoipa::openapi::Required;
+use utoipa::openapi::header::HeaderBuilder;
 use utoipa::openapi::path::{Parameter, ParameterBuilder, ParameterIn};
+use utoipa::openapi::response::ResponseBuilder;
 use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, SchemaFormat, Type};
+use utoipa::openapi::{OpenApi, RefOr, Required};
+use utoipa::{IntoParams, IntoResponses};
 
 use crate::extract::{IfNoneMatch, ReadAfter};
 use crate::pagination::{DEFAULT_LIMIT, FIRST_VERSION, MAX_LIMIT, PageRequest, StreamPageRequest};
@@ -138,6 +144,64 @@ impl IntoParams for IfNoneMatch {
         ]
     }
 }
+
+/// The complete document of the query API from what its routes declare: [`conditional_reads`],
+/// then what every service's has (`service_kit::openapi::document`).
+pub fn document(mut api: OpenApi) -> serde_json::Value {
+    conditional_reads(&mut api);
+    service_kit::openapi::document(api)
+}
+
+/// A read that takes `If-None-Match` ([`IfNoneMatch`]) is of a versioned resource
+/// ([`crate::answer::Answer::respond`]): its 200 carries the resource's ETag, and it answers
+/// 304, with the ETag, when the client has it.
+pub fn conditional_reads(api: &mut OpenApi) {
+    let etag = HeaderBuilder::new()
+        .schema(ObjectBuilder::new().schema_type(Type::String))
+        .description(Some("The version, quoted: `\"3\"`."))
+        .build();
+    for operation in api
+        .paths
+        .paths
+        .values_mut()
+        .filter_map(|item| item.get.as_mut())
+    {
+        let takes_if_none_match = operation
+            .parameters
+            .iter()
+            .flatten()
+            .any(|parameter| parameter.name == "If-None-Match");
+        if !takes_if_none_match {
+            continue;
+        }
+        let responses = &mut operation.responses.responses;
+        if let Some(RefOr::T(found)) = responses.get_mut("200") {
+            found.headers.insert("ETag".to_owned(), etag.clone());
+        }
+        let not_modified = ResponseBuilder::new()
+            .description("Not modified: If-None-Match has the resource's ETag.")
+            .header("ETag", etag.clone())
+            .build();
+        responses.insert("304".to_owned(), RefOr::T(not_modified));
+    }
+}
+
+/// The 400 of a read by id: the id, or the `Consistency-Token` ([`ReadAfter`]), does not parse.
+#[derive(IntoResponses)]
+#[response(
+    status = 400,
+    description = "A path id that is not a UUID, or a malformed Consistency-Token."
+)]
+pub struct MalformedIdOrToken;
+
+/// The 503 of every read of a read model: PostgreSQL is unreachable, or the bounded wait of
+/// [`ReadAfter`] ended first.
+#[derive(IntoResponses)]
+#[response(
+    status = 503,
+    description = "The database is unreachable, or the read model did not reach the Consistency-Token in time."
+)]
+pub struct ReadUnavailable;
 
 #[cfg(test)]
 mod tests {

@@ -13,6 +13,7 @@ use crate::answer::Answer;
 use crate::cache::Key;
 use crate::error::ApiError;
 use crate::extract::{IfNoneMatch, PathId, ReadAfter};
+use crate::openapi::{MalformedIdOrToken, ReadUnavailable};
 use crate::pagination::{Page, PageRequest, StreamPageRequest};
 use crate::read_models::{Decision, Post, Source, StreamEvent, User};
 use crate::{AppState, Loaded};
@@ -41,11 +42,10 @@ pub fn routes() -> OpenApiRouter<AppState> {
     tag = "reads",
     params(("user_id" = Uuid, Path, description = "The user. A UUID in its hyphenated form; anything else is 400."), ReadAfter, IfNoneMatch),
     responses(
-        (status = 200, description = "The user.", body = User, headers(("ETag" = String, description = "The version, quoted: `\"3\"`."))),
-        (status = 304, description = "Not modified: If-None-Match has the resource's ETag.", headers(("ETag" = String, description = "The version, quoted: `\"3\"`."))),
-        (status = 400, description = "A path id that is not a UUID, or a malformed Consistency-Token."),
+        (status = 200, description = "The user.", body = User),
+        MalformedIdOrToken,
         (status = 404, description = "No such user, or deleted."),
-        (status = 503, description = "The database is unreachable, or the read model did not reach the Consistency-Token in time."),
+        ReadUnavailable,
     )
 )]
 /// A user.
@@ -77,11 +77,10 @@ async fn get_user(
     tag = "reads",
     params(("post_id" = Uuid, Path, description = "The post. A UUID in its hyphenated form; anything else is 400."), ReadAfter, IfNoneMatch),
     responses(
-        (status = 200, description = "The post.", body = Post, headers(("ETag" = String, description = "The version, quoted: `\"3\"`."))),
-        (status = 304, description = "Not modified: If-None-Match has the resource's ETag.", headers(("ETag" = String, description = "The version, quoted: `\"3\"`."))),
-        (status = 400, description = "A path id that is not a UUID, or a malformed Consistency-Token."),
+        (status = 200, description = "The post.", body = Post),
+        MalformedIdOrToken,
         (status = 404, description = "No such post, or it or its author is deleted."),
-        (status = 503, description = "The database is unreachable, or the read model did not reach the Consistency-Token in time."),
+        ReadUnavailable,
     )
 )]
 /// A post.
@@ -119,7 +118,7 @@ async fn get_post(
         (status = 200, description = "A page of the user's posts, newest first.", body = Page<Post>),
         (status = 400, description = "A path id that is not a UUID, a bad limit or cursor, or a malformed Consistency-Token."),
         (status = 404, description = "No such user, or deleted."),
-        (status = 503, description = "The database is unreachable, or the read model did not reach the Consistency-Token in time."),
+        ReadUnavailable,
     )
 )]
 /// A page of a user's posts, newest first.
@@ -163,7 +162,7 @@ async fn list_user_posts(
     responses(
         (status = 200, description = "A page of all posts, newest first.", body = Page<Post>),
         (status = 400, description = "A bad limit or cursor, or a malformed Consistency-Token."),
-        (status = 503, description = "The database is unreachable, or the read model did not reach the Consistency-Token in time."),
+        ReadUnavailable,
     )
 )]
 /// A page of all posts, newest first.
@@ -201,9 +200,9 @@ fn page_answer(rows: Vec<Post>, limit: u32) -> Result<Answer, ApiError> {
     params(("command_id" = Uuid, Path, description = "The command_id of a write's answer. A UUID in its hyphenated form; anything else is 400."), ReadAfter),
     responses(
         (status = 200, description = "The decision: applied or rejected.", body = Decision),
-        (status = 400, description = "A path id that is not a UUID, or a malformed Consistency-Token."),
+        MalformedIdOrToken,
         (status = 404, description = "Not decided yet (or never accepted)."),
-        (status = 503, description = "The database is unreachable, or the read model did not reach the Consistency-Token in time."),
+        ReadUnavailable,
     )
 )]
 /// The projector's decision on a write.
@@ -239,7 +238,7 @@ async fn get_command(
         (status = 200, description = "A page of the aggregate's applied events, oldest first.", body = Page<StreamEvent>),
         (status = 400, description = "A path id that is not a UUID, a bad from_version, limit or cursor, or a malformed Consistency-Token."),
         (status = 404, description = "No applied event for this id."),
-        (status = 503, description = "The database is unreachable, or the read model did not reach the Consistency-Token in time."),
+        ReadUnavailable,
     )
 )]
 /// The applied events of one user or post, in order.
