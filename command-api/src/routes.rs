@@ -210,7 +210,7 @@ pub async fn delete_user(
     security(("bearer" = [])),
     responses(
         WriteAccepted,
-        (status = 400, description = "Malformed: JSON, a path id that is not a UUID, If-Match, or Idempotency-Key."),
+        (status = 400, description = "Malformed: JSON, a path id that is not a UUID, or Idempotency-Key."),
         OwnedWriteRefusals,
         BodyRefusals,
         NotAppended,
