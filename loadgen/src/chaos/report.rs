@@ -10,6 +10,7 @@ use crate::config::ChaosConfig;
 
 use super::journal::FailedRequest;
 use super::timeline::{Window, window_of};
+use super::verify::Findings;
 
 /// The run's settings, as the report repeats them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -91,14 +92,9 @@ pub struct ChaosReport {
     pub users: u64,
     pub writes_attempted: u64,
     pub writes_unacknowledged: u64,
-    pub acknowledged: u64,
-    pub acknowledged_by_kind: BTreeMap<String, u64>,
-    pub applied: u64,
-    pub rejected_by_reason: BTreeMap<String, u64>,
-    pub lost: u64,
-    pub duplicated: u64,
-    pub effects_missing: u64,
-    pub unverified: u64,
+    /// The checks' counts, as fields of the report itself (`acknowledged`, `lost`, ...).
+    #[serde(flatten)]
+    pub findings: Findings,
     pub reads_checked: u64,
     pub stale_reads: u64,
     pub gave_up: u64,
@@ -166,30 +162,36 @@ impl ChaosReport {
             }
         };
         check(
-            self.acknowledged == 0,
+            self.findings.acknowledged == 0,
             "no write was acknowledged".to_owned(),
         );
         check(
-            self.lost > 0,
+            self.findings.lost > 0,
             format!(
                 "{} acknowledged commands were never decided (lost)",
-                self.lost
+                self.findings.lost
             ),
         );
         check(
-            self.duplicated > 0,
+            self.findings.duplicated > 0,
             format!(
                 "{} commands have their effect more than once",
-                self.duplicated
+                self.findings.duplicated
             ),
         );
         check(
-            self.effects_missing > 0,
-            format!("{} applied effects are not visible", self.effects_missing),
+            self.findings.effects_missing > 0,
+            format!(
+                "{} applied effects are not visible",
+                self.findings.effects_missing
+            ),
         );
         check(
-            self.unverified > 0,
-            format!("{} resources could not be read to verify", self.unverified),
+            self.findings.unverified > 0,
+            format!(
+                "{} resources could not be read to verify",
+                self.findings.unverified
+            ),
         );
         check(
             self.stale_reads > 0,
@@ -246,21 +248,24 @@ impl ChaosReport {
             out,
             "writes attempted {}, acknowledged {} ({}), not acknowledged {}",
             self.writes_attempted,
-            self.acknowledged,
-            kinds(&self.acknowledged_by_kind),
+            self.findings.acknowledged,
+            kinds(&self.findings.acknowledged_by_kind),
             self.writes_unacknowledged
         );
         let _ = writeln!(
             out,
             "decisions: applied {}, rejected {} ({})",
-            self.applied,
-            self.rejected_by_reason.values().sum::<u64>(),
-            kinds(&self.rejected_by_reason)
+            self.findings.applied,
+            self.findings.rejected_by_reason.values().sum::<u64>(),
+            kinds(&self.findings.rejected_by_reason)
         );
         let _ = writeln!(
             out,
             "lost {}, duplicated {}, effects missing {}, unverified {}",
-            self.lost, self.duplicated, self.effects_missing, self.unverified
+            self.findings.lost,
+            self.findings.duplicated,
+            self.findings.effects_missing,
+            self.findings.unverified
         );
         let _ = writeln!(
             out,
@@ -380,14 +385,11 @@ mod tests {
             users: 1,
             writes_attempted: 1,
             writes_unacknowledged: 0,
-            acknowledged: 1,
-            acknowledged_by_kind: BTreeMap::new(),
-            applied: 1,
-            rejected_by_reason: BTreeMap::new(),
-            lost: 0,
-            duplicated: 0,
-            effects_missing: 0,
-            unverified: 0,
+            findings: Findings {
+                acknowledged: 1,
+                applied: 1,
+                ..Findings::default()
+            },
             reads_checked: 0,
             stale_reads: 0,
             gave_up: 0,
@@ -410,11 +412,11 @@ mod tests {
         assert!(report.passed, "{:?}", report.failed_checks);
         assert_eq!(report.exit_code(), 0);
         let breaks: [fn(&mut ChaosReport); 11] = [
-            |r| r.acknowledged = 0,
-            |r| r.lost = 1,
-            |r| r.duplicated = 1,
-            |r| r.effects_missing = 1,
-            |r| r.unverified = 1,
+            |r| r.findings.acknowledged = 0,
+            |r| r.findings.lost = 1,
+            |r| r.findings.duplicated = 1,
+            |r| r.findings.effects_missing = 1,
+            |r| r.findings.unverified = 1,
             |r| r.stale_reads = 1,
             |r| r.gave_up = 1,
             |r| {

@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use hyper::{Method, StatusCode};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -42,8 +42,8 @@ const STREAM_PAGE: u32 = 100;
 /// Decisions of the acknowledged commands, by command id; an undecided one is absent.
 pub type Decisions = HashMap<Uuid, Decision>;
 
-/// What the checks found.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// What the checks found: a part of the report ([`super::report::ChaosReport`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Findings {
     pub acknowledged: u64,
     pub acknowledged_by_kind: BTreeMap<String, u64>,

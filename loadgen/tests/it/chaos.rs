@@ -103,12 +103,13 @@ async fn a_healthy_api_passes_with_every_count_zero() {
         "writers 0 and 2 register one user each, writer 1 two"
     );
     // 1.5 s at 30 writes/s, after four sign-ups.
-    assert!(report.acknowledged >= 30, "{}", report.table());
-    assert_eq!(report.applied, report.acknowledged);
-    assert_eq!(report.acknowledged, report.writes_attempted);
+    assert!(report.findings.acknowledged >= 30, "{}", report.table());
+    assert_eq!(report.findings.applied, report.findings.acknowledged);
+    assert_eq!(report.findings.acknowledged, report.writes_attempted);
     for kind in ["register", "update_profile", "publish_post", "edit_post"] {
         assert!(
             report
+                .findings
                 .acknowledged_by_kind
                 .get(kind)
                 .is_some_and(|n| *n > 0),
@@ -116,16 +117,16 @@ async fn a_healthy_api_passes_with_every_count_zero() {
         );
     }
     assert!(
-        report.reads_checked >= 3 * report.acknowledged,
+        report.reads_checked >= 3 * report.findings.acknowledged,
         "{}",
         report.reads_checked
     );
     assert_eq!(
         (
-            report.lost,
-            report.duplicated,
-            report.effects_missing,
-            report.unverified
+            report.findings.lost,
+            report.findings.duplicated,
+            report.findings.effects_missing,
+            report.findings.unverified
         ),
         (0, 0, 0, 0)
     );
@@ -134,7 +135,7 @@ async fn a_healthy_api_passes_with_every_count_zero() {
         (0, 0, 0)
     );
     assert!(report.unexpected_errors.is_empty());
-    assert!(report.rejected_by_reason.is_empty());
+    assert!(report.findings.rejected_by_reason.is_empty());
     assert!(
         report.windows.is_empty(),
         "a missing timeline has no windows"
@@ -160,11 +161,11 @@ async fn an_acknowledged_write_never_decided_is_lost() {
         &["--reads-per-write", "0"],
     )
     .await;
-    assert_eq!(report.lost, 1, "{}", report.table());
+    assert_eq!(report.findings.lost, 1, "{}", report.table());
     assert_eq!(
         (
-            report.duplicated,
-            report.effects_missing,
+            report.findings.duplicated,
+            report.findings.effects_missing,
             report.stale_reads
         ),
         (0, 0, 0)
@@ -189,9 +190,13 @@ async fn an_effect_twice_in_the_stream_is_duplicated() {
         &[],
     )
     .await;
-    assert_eq!(report.duplicated, 1, "{}", report.table());
+    assert_eq!(report.findings.duplicated, 1, "{}", report.table());
     assert_eq!(
-        (report.lost, report.effects_missing, report.stale_reads),
+        (
+            report.findings.lost,
+            report.findings.effects_missing,
+            report.stale_reads
+        ),
         (0, 0, 0)
     );
     assert_eq!(report.exit_code(), 1);
@@ -209,7 +214,11 @@ async fn old_data_under_the_token_of_an_applied_write_is_a_stale_read() {
     .await;
     assert_eq!(report.stale_reads, 1, "{}", report.table());
     assert_eq!(
-        (report.lost, report.duplicated, report.effects_missing),
+        (
+            report.findings.lost,
+            report.findings.duplicated,
+            report.findings.effects_missing
+        ),
         (0, 0, 0)
     );
     assert!(report.examples.iter().any(|e| e.starts_with("stale read")));
@@ -235,7 +244,11 @@ async fn a_500_is_an_unexpected_error() {
     assert_eq!(report.unexpected_errors.len(), 1);
     assert_eq!(report.writes_unacknowledged, 1);
     assert_eq!(
-        (report.lost, report.duplicated, report.stale_reads),
+        (
+            report.findings.lost,
+            report.findings.duplicated,
+            report.stale_reads
+        ),
         (0, 0, 0)
     );
     assert_eq!(report.exit_code(), 1);
@@ -269,7 +282,7 @@ async fn a_503_with_retry_after_is_retried_and_counted_in_its_window() {
         report.writes_unacknowledged, 0,
         "the retry was acknowledged"
     );
-    assert_eq!(report.applied, report.acknowledged);
+    assert_eq!(report.findings.applied, report.findings.acknowledged);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -320,7 +333,7 @@ async fn the_binary_stops_on_sigterm_and_exits_by_the_verdict() {
     assert_eq!(exit.code(), Some(0));
     let report: ChaosReport =
         serde_json::from_str(&std::fs::read_to_string(&out).expect("report")).expect("JSON");
-    assert!(report.passed && report.acknowledged >= 10);
+    assert!(report.passed && report.findings.acknowledged >= 10);
 
     // Nothing listens on port 1: the run cannot happen at all.
     let exit = tokio::process::Command::new(env!("CARGO_BIN_EXE_loadgen"))
