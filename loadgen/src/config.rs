@@ -1,5 +1,5 @@
 //! The command line: `loadgen run`, `loadgen chaos` and `loadgen bare-server`, from flags or
-//! environment.
+//! environment (`loadgen broker`'s own flags are in [`crate::broker`]).
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -28,6 +28,9 @@ pub enum Command {
     Chaos(Box<ChaosConfig>),
     /// Serve a fixed post from memory: the baseline a cached read is compared with.
     BareServer(BareServerConfig),
+    /// Append to and read from a Kafka topic directly, with no service in between: the
+    /// broker's own ceiling, which every write figure is a fraction of.
+    Broker(Box<crate::broker::BrokerConfig>),
 }
 
 /// Open loop sends on a fixed schedule whatever the server does; closed loop sends each
@@ -307,7 +310,7 @@ fn parse_positive(text: &str) -> Result<f64, String> {
     }
 }
 
-fn parse_non_negative(text: &str) -> Result<f64, String> {
+pub fn parse_non_negative(text: &str) -> Result<f64, String> {
     let value = parse_number(text)?;
     if value >= 0.0 {
         Ok(value)

@@ -18,6 +18,10 @@
 //! loadgen bare-server --addr 127.0.0.1:8090 &
 //! loadgen run --reads-only --read-mix posts=100 --no-seed --query-url http://127.0.0.1:8090
 //!
+//! # The broker alone: records shaped like events appended flat out for 30 s by a plain Kafka
+//! # client while another tails them, then the whole topic read back from its start.
+//! loadgen broker --brokers 127.0.0.1:9092 --topic broker-ceiling --duration 30s
+//!
 //! # The client and checker of a fault-injection run (`./dev chaos` starts it): write and read
 //! # until SIGTERM, then check that no acknowledged write was lost or applied twice, and report
 //! # the failed requests per fault window of the orchestrator's timeline.
@@ -42,9 +46,11 @@
 //! - [`report`]: the table and the JSON; [`plot`]: the SVG.
 //! - [`chaos`]: `loadgen chaos`, the fault-injection run's load and checks.
 //! - [`bare_server`]: `loadgen bare-server`.
+//! - [`broker`]: `loadgen broker`, the broker's own ceiling with a plain Kafka client.
 //! - here: [`execute`] (what `main` runs) and [`run_and_report`].
 
 pub mod bare_server;
+pub mod broker;
 pub mod chaos;
 pub mod client;
 pub mod config;
@@ -88,6 +94,10 @@ pub async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                 bare_server::body_len()
             );
             server.run(interrupted()).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Broker(config) => {
+            broker::run_and_report(*config).await?;
             Ok(ExitCode::SUCCESS)
         }
     }

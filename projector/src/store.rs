@@ -196,6 +196,12 @@ impl Store {
         topic: &str,
         pool_size: u32,
     ) -> Store {
+        // A batch looks rows up by arrays of one to `--batch-size` ids. PostgreSQL caches a
+        // prepared statement's generic plan after five runs and keeps it until the next ANALYZE
+        // of its tables: a plan made while a table was small (a seq scan) then scans the whole
+        // table for every batch as it grows, and one made for large arrays is wrong for small
+        // ones. Planning each run costs microseconds; a scan of `decisions` costs milliseconds.
+        let options = options.options([("plan_cache_mode", "force_custom_plan")]);
         let pool = PgPoolOptions::new()
             .max_connections(pool_size)
             .acquire_timeout(Duration::from_secs(5))

@@ -11,11 +11,14 @@
 //! - `KAFKA_BROKERS`: the shared broker (default `127.0.0.1:9092`); each test gets its own topic.
 //! - `TEST_DATABASE_PREFIX`: how the names of the tests' databases start (default `test_`).
 //! - `TANSU_BIN`: the broker binary for [`OwnBroker`].
+//! - `TANSU_DB`: the shared broker's sqlite file, when `./dev` started that broker (checked for
+//!   the indexes of [`tansu`]).
 //! - `PG_BIN_DIR`: PostgreSQL's server binaries for [`OwnPostgres`] and its standbys (default:
 //!   the newest under `/usr/lib/postgresql`).
 //!
 //! [`openapi`] checks real answers against a service's OpenAPI document.
 //! [`metrics_docs`] holds each service's check of its `/metrics` against `docs/metrics.md`.
+//! [`tansu`] adds the indexes tansu's storage lacks to every broker a test starts.
 
 pub mod openapi;
 
@@ -32,6 +35,7 @@ use tokio::process::{Child, Command};
 use uuid::Uuid;
 
 pub mod metrics_docs;
+pub mod tansu;
 
 /// The migrations the projector applies, for tests that set up a schema without a projector.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
@@ -201,6 +205,11 @@ impl OwnBroker {
         format!("127.0.0.1:{}", self.port)
     }
 
+    /// The broker's sqlite file.
+    pub fn storage(&self) -> PathBuf {
+        self.dir.path().join("tansu.db")
+    }
+
     /// Starts the broker process again (on the same port and data) after [`OwnBroker::stop`].
     pub async fn resume(&mut self) {
         let bin = env_or("TANSU_BIN", "tansu");
@@ -225,6 +234,9 @@ impl OwnBroker {
         wait_for_port(self.port, Duration::from_secs(30))
             .await
             .expect("broker starts");
+        tansu::index(&self.storage())
+            .await
+            .expect("index the broker's storage");
     }
 
     /// Freezes the broker process (SIGSTOP): its sockets stay open and the kernel still takes

@@ -5,6 +5,7 @@
 //! `loadgen chaos` ([`chaos`]).
 
 mod bare;
+mod broker;
 mod chaos;
 mod chaos_fake;
 mod fake_api;

@@ -397,3 +397,44 @@ async fn a_batch_adds_its_decisions_and_dead_letters_to_its_partitions_counts_wi
     );
     db.drop_database().await;
 }
+
+/// PostgreSQL switches a prepared statement to a generic plan after five runs and keeps it
+/// until its tables are analyzed again; a batch's lookups by arrays of ids must be planned for
+/// each batch instead (a generic plan made while `decisions` was small scanned the whole table
+/// for every batch as it grew, 22 ms a batch at 100,000 decisions).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_batch_plans_its_statements_for_its_own_ids() {
+    let db = TestDb::create().await;
+    // One connection, so that every batch runs on the same prepared statements.
+    let store = Store::connect_lazy(&db.url, "plans-topic", 1).expect("pool");
+    store.migrate().await.expect("migrate");
+    let mut claims = store.claim(&[0], "owner").await.expect("claim");
+    for _ in 0..8 {
+        let next = claims[&0].next_offset;
+        let batch: Vec<Record> = (next..next + 3)
+            .map(|offset| record(0, offset, &registered(Uuid::now_v7())))
+            .collect();
+        let done = store
+            .commit_batch(&batch, &claims, false)
+            .await
+            .expect("commit");
+        claims.get_mut(&0).expect("claimed").next_offset = done.committed[&0];
+    }
+    let plans: Vec<(String, i64, i64)> = sqlx::query_as(
+        "SELECT statement, generic_plans, custom_plans FROM pg_prepared_statements
+         WHERE cardinality(parameter_types) > 0 AND statement NOT LIKE '%pg_prepared_statements%'",
+    )
+    .fetch_all(store.pool())
+    .await
+    .expect("prepared statements");
+    assert!(
+        plans.iter().any(|(_, _, custom)| *custom >= 8),
+        "the batches' statements ran on this connection: {plans:#?}"
+    );
+    let generic: Vec<_> = plans
+        .iter()
+        .filter(|(_, generic, _)| *generic > 0)
+        .collect();
+    assert!(generic.is_empty(), "ran with a generic plan: {generic:#?}");
+    db.drop_database().await;
+}

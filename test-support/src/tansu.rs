@@ -1,0 +1,111 @@
+//! tansu's sqlite storage as this project runs it: the indexes tansu 0.6 lacks
+//! (`deploy/tansu/indexes.sql`, the file `./dev` applies too), added at every start of a broker,
+//! and the query plan that shows whether a fetch's per-record header lookup uses them.
+//!
+//! The sqlite3 shell does the work: it is the tool an operator would use on the file, and it
+//! spares the workspace a second SQLite library beside the broker's own.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use tokio::process::Command;
+
+/// The file of statements that add the missing indexes; idempotent.
+pub const INDEXES_FILE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/tansu/indexes.sql");
+
+/// tansu 0.6's per-record header query, as tansu-storage 0.6.0 ships it
+/// (`src/sql/header_fetch.sql`, comments left out): what every fetched record costs.
+const HEADER_FETCH: &str = "select h.k, h.v
+from header h
+join record r on h.topition = r.topition and h.offset_id = r.offset_id
+join topition tp on tp.id = r.topition
+join topic t on tp.topic = t.id
+join cluster c on t.cluster = c.id
+where c.name = $1
+and t.name = $2
+and tp.partition = $3
+and r.offset_id = $4";
+
+/// How long the shell waits for tansu's write lock (tansu holds it per produce request).
+const LOCK_WAIT: Duration = Duration::from_secs(10);
+
+/// Runs [`INDEXES_FILE`] on the database file `db` of a tansu that has started (and so has
+/// created its tables).
+pub async fn index(db: &Path) -> anyhow::Result<()> {
+    sqlite(db, &format!(".read '{INDEXES_FILE}'"))
+        .await
+        .map(drop)
+}
+
+/// The plan sqlite chooses for the header lookup of a fetch, one line per step.
+pub async fn header_fetch_plan(db: &Path) -> anyhow::Result<String> {
+    sqlite(db, &format!("explain query plan {HEADER_FETCH};")).await
+}
+
+async fn sqlite(db: &Path, sql: &str) -> anyhow::Result<String> {
+    let child = Command::new("sqlite3")
+        .arg("-bail")
+        .arg("-cmd")
+        .arg(format!(".timeout {}", LOCK_WAIT.as_millis()))
+        .arg(db)
+        .arg(sql)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .context("run sqlite3 (apt-get install sqlite3)")?;
+    let output = tokio::time::timeout(LOCK_WAIT * 2, child.wait_with_output())
+        .await
+        .with_context(|| format!("sqlite3 on {} did not finish", db.display()))??;
+    if !output.status.success() {
+        bail!(
+            "sqlite3 on {}: {}",
+            db.display(),
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::OwnBroker;
+
+    /// Fails unless a fetch finds each record's headers through the index (`SEARCH h USING INDEX`);
+    /// without it the plan says `SCAN h`, a pass over every header in the log per record.
+    async fn assert_header_lookup_indexed(db: &Path) {
+        let plan = header_fetch_plan(db).await.expect("query plan");
+        assert!(
+            plan.contains("SEARCH h USING INDEX header_by_record (topition=? AND offset_id=?)")
+                && !plan.contains("SCAN h"),
+            "the header lookup of a fetch in {} is not indexed:\n{plan}",
+            db.display()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_broker_of_a_test_looks_up_headers_by_index_after_every_start() {
+        let mut broker = OwnBroker::start().await;
+        assert_header_lookup_indexed(&broker.storage()).await;
+        broker.stop().await;
+        broker.resume().await;
+        assert_header_lookup_indexed(&broker.storage()).await;
+    }
+
+    /// `./dev` starts the tests' shared broker (as it starts every other one) and names its file.
+    #[tokio::test]
+    async fn the_shared_broker_looks_up_headers_by_index() {
+        let Ok(db) = std::env::var("TANSU_DB") else {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "TANSU_DB is not set: run the tests with ./dev test"
+            );
+            return;
+        };
+        assert_header_lookup_indexed(Path::new(&db)).await;
+    }
+}
