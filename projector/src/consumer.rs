@@ -2,10 +2,10 @@
 //!
 //! The loop runs on a thread of its own: librdkafka's rebalance callback runs inside `poll`, and
 //! on an assignment it must block until PostgreSQL has told it where to resume (the stored
-//! offsets, not Kafka's). Kafka's committed offsets are written too, but only so that standard
-//! tools can show the group's lag; nothing reads them back.
+//! offsets, not Kafka's). Kafka's committed offsets are written too, once a second, but only so
+//! that standard tools can show the group's lag; nothing reads them back.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -20,11 +20,19 @@ use tokio::runtime::Handle;
 
 use crate::Config;
 use crate::metrics::Progress;
-use crate::stall::StallWatch;
 use crate::store::{ActiveStore, BatchOutcome, Claim, Record, StoreError};
 
 /// The partitions this instance owns right now, and its claim on each.
 pub type Ownership = Arc<Mutex<BTreeMap<i32, Claim>>>;
+
+/// How often the stored offsets are also committed to Kafka, for tools that show group lag.
+const KAFKA_COMMIT_EVERY: Duration = Duration::from_secs(1);
+
+/// Offsets stored since the last commit to Kafka, and when that was.
+struct KafkaCommit {
+    offsets: BTreeMap<i32, i64>,
+    last: Instant,
+}
 
 /// Claims partitions in PostgreSQL when Kafka assigns them, and positions the consumer there.
 struct Rebalancer {
@@ -195,7 +203,9 @@ pub struct Projector {
     ownership: Ownership,
     stopping: Arc<AtomicBool>,
     progress: Arc<Progress>,
-    stall_timeout: Duration,
+    /// Set by the [`StallGuard`](crate::stall::StallGuard) when the group must be joined again.
+    rejoin: Arc<AtomicBool>,
+    kafka_commit: Mutex<KafkaCommit>,
 }
 
 impl Projector {
@@ -205,6 +215,7 @@ impl Projector {
         runtime: Handle,
         stopping: Arc<AtomicBool>,
         progress: Arc<Progress>,
+        rejoin: Arc<AtomicBool>,
     ) -> KafkaResult<(Projector, Ownership)> {
         let ownership = Ownership::default();
         let context = Rebalancer {
@@ -246,7 +257,11 @@ impl Projector {
             ownership: ownership.clone(),
             stopping,
             progress,
-            stall_timeout: config.partition_stall_timeout(),
+            rejoin,
+            kafka_commit: Mutex::new(KafkaCommit {
+                offsets: BTreeMap::new(),
+                last: Instant::now(),
+            }),
         };
         Ok((projector, ownership))
     }
@@ -261,19 +276,16 @@ impl Projector {
         self.consumer
             .subscribe(&[&self.topic])
             .map_err(|e| format!("cannot subscribe to topic {:?}: {e}", self.topic))?;
-        let mut stalls = StallWatch::new(self.stall_timeout);
-        // A few looks per timeout, so that a stall is seen soon after it is one.
-        let look_every = (self.stall_timeout / 4).max(Duration::from_millis(500));
-        let mut next_look = Instant::now() + look_every;
         while !self.stopping.load(Ordering::Relaxed) {
             let batch = self.next_batch();
             if !batch.is_empty() {
                 self.commit(&batch);
             }
-            if Instant::now() >= next_look {
-                self.rejoin_if_orphaned(&mut stalls);
-                next_look = Instant::now() + look_every;
+            if self.rejoin.swap(false, Ordering::Relaxed) {
+                self.rejoin_group();
             }
+            // What the last batches stored reaches Kafka within a second, traffic or not.
+            self.commit_to_kafka(&BTreeMap::new());
         }
         tracing::info!("projector stopped");
         match lock(&self.consumer.context().failure).take() {
@@ -403,49 +415,34 @@ impl Projector {
                 ownership.remove(partition);
             }
         }
-        if !outcome.committed.is_empty() {
-            let mut offsets = TopicPartitionList::new();
-            for (partition, next_offset) in &outcome.committed {
-                let _ = offsets.add_partition_offset(
-                    &self.topic,
-                    *partition,
-                    Offset::Offset(*next_offset),
-                );
-            }
-            // Only for tools that show group lag; our own position lives in PostgreSQL.
-            if let Err(e) = self.consumer.commit(&offsets, CommitMode::Async) {
-                tracing::debug!(error = %e, "kafka offset commit failed (informational only)");
-            }
-        }
+        self.commit_to_kafka(&outcome.committed);
         lock(&self.progress.outcome).absorb(outcome);
     }
 
-    /// Looks at the partitions this instance does not own (see [`crate::stall`]); when one has
-    /// sat behind its log for the stall timeout, leaves the group and joins it again, so that
-    /// the coordinator assigns every partition afresh. Skips the look when PostgreSQL or the
-    /// broker cannot answer: a stall is only ever concluded from two real looks.
-    fn rejoin_if_orphaned(&self, stalls: &mut StallWatch) {
-        let stored = match self.runtime.block_on(self.store.get().stored_offsets()) {
-            Ok(stored) => stored,
-            Err(e) => {
-                tracing::debug!(error = %e, "cannot read the stored offsets for the stall watch");
-                return;
-            }
-        };
-        let Some(log_ends) = self.log_ends() else {
-            return;
-        };
-        let owned: BTreeSet<i32> = lock(&self.ownership).keys().copied().collect();
-        let stalled = stalls.observe(Instant::now(), &owned, &stored, &log_ends);
-        if stalled.is_empty() {
+    /// Hands the broker the stored offsets, at most once per [`KAFKA_COMMIT_EVERY`]: they are
+    /// only for tools that show a group's lag (our own position lives in PostgreSQL), and one
+    /// commit per batch would make the group coordinator write tens of times a second.
+    fn commit_to_kafka(&self, committed: &BTreeMap<i32, i64>) {
+        let mut pending = lock(&self.kafka_commit);
+        pending.offsets.extend(committed);
+        if pending.offsets.is_empty() || pending.last.elapsed() < KAFKA_COMMIT_EVERY {
             return;
         }
-        tracing::warn!(
-            ?stalled,
-            timeout_ms = self.stall_timeout.as_millis(),
-            "partitions with events to project have not moved for the stall timeout and are not ours: \
-             the group has assigned them to nobody alive; leaving and rejoining the group so that they are assigned again"
-        );
+        let mut offsets = TopicPartitionList::new();
+        for (partition, next_offset) in &pending.offsets {
+            let _ =
+                offsets.add_partition_offset(&self.topic, *partition, Offset::Offset(*next_offset));
+        }
+        if let Err(e) = self.consumer.commit(&offsets, CommitMode::Async) {
+            tracing::debug!(error = %e, "kafka offset commit failed (informational only)");
+        }
+        pending.offsets.clear();
+        pending.last = Instant::now();
+    }
+
+    /// Leaves the group and joins it again, so that the coordinator assigns every partition
+    /// afresh (asked for by the stall guard, [`crate::stall`]).
+    fn rejoin_group(&self) {
         self.progress.stall_rejoins.fetch_add(1, Ordering::Relaxed);
         // Unsubscribing revokes (through the rebalance callback) and leaves the group; the new
         // subscription joins it again as a new member.
@@ -453,30 +450,6 @@ impl Projector {
         if let Err(e) = self.consumer.subscribe(&[&self.topic]) {
             tracing::error!(error = %e, "cannot rejoin the group");
         }
-        stalls.reset();
-    }
-
-    /// Each partition's log end (the offset the next record will get), or `None` when the broker
-    /// cannot say.
-    fn log_ends(&self) -> Option<BTreeMap<i32, i64>> {
-        let timeout = Duration::from_secs(5);
-        let metadata = self
-            .consumer
-            .fetch_metadata(Some(&self.topic), timeout)
-            .map_err(|e| tracing::debug!(error = %e, "cannot fetch metadata for the stall watch"))
-            .ok()?;
-        let topic = metadata.topics().iter().find(|t| t.name() == self.topic)?;
-        topic
-            .partitions()
-            .iter()
-            .map(|p| {
-                self.consumer
-                    .fetch_watermarks(&self.topic, p.id(), timeout)
-                    .map(|(_, end)| (p.id(), end))
-                    .map_err(|e| tracing::debug!(error = %e, "cannot fetch a log end for the stall watch"))
-                    .ok()
-            })
-            .collect()
     }
 
     /// Whether fenced partitions mean that `projector switch` made another generation active;

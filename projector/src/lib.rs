@@ -14,7 +14,7 @@
 //! - [`consumer`]: the Kafka consumer loop on its own thread, and the rebalance callback that
 //!   claims partitions and resumes from the stored offsets.
 //! - [`stall`]: the watch on partitions nobody projects (a coordinator that lost an assignment),
-//!   which makes the instance rejoin the group.
+//!   on a thread of its own, which makes the instance rejoin the group.
 //! - [`config`]: flags and environment variables.
 //! - [`metrics`]: what `/metrics` shows, and the watchers of the log ends (for the lag) and of
 //!   rebuilds in progress.
@@ -64,6 +64,7 @@ pub use config::Config;
 use consumer::{Ownership, Projector};
 use metrics::{LogEndWatch, LogEnds, Progress, RebuildProgress};
 pub use replay::{LogSource, RecordedLog};
+use stall::StallGuard;
 use store::{ActiveStore, Store};
 
 /// Shared with the HTTP handlers.
@@ -84,6 +85,9 @@ pub struct Application {
     /// Run beside the consumer loop, for `projector_partition_lag_offsets` and
     /// `projector_rebuild_progress_ratio`.
     log_end_watch: LogEndWatch,
+    /// Run beside the consumer loop, which it asks to rejoin the group when partitions are
+    /// left without an owner.
+    stall_guard: StallGuard,
     watch_rebuilds: std::pin::Pin<Box<dyn Future<Output = ()> + Send>>,
 }
 
@@ -130,12 +134,23 @@ impl Application {
         let stopping = Arc::new(AtomicBool::new(false));
         let metrics = Metrics::default();
         let progress = Arc::new(Progress::new(&metrics));
+        let rejoin = Arc::new(AtomicBool::new(false));
         let (projector, ownership) = Projector::new(
             &config,
             store.clone(),
             tokio::runtime::Handle::current(),
             stopping.clone(),
             progress.clone(),
+            rejoin.clone(),
+        )?;
+        let stall_guard = StallGuard::new(
+            &config.kafka_brokers,
+            &config.kafka_topic,
+            &config.instance_id(),
+            config.partition_stall_timeout(),
+            store.clone(),
+            ownership.clone(),
+            rejoin,
         )?;
         let consumer_alive = Arc::new(AtomicBool::new(true));
         let rebuilds = RebuildProgress::default();
@@ -163,6 +178,7 @@ impl Application {
             stopping,
             consumer_alive,
             log_end_watch,
+            stall_guard,
             watch_rebuilds: Box::pin(watch_rebuilds),
         })
     }
@@ -185,10 +201,13 @@ impl Application {
             stopping,
             consumer_alive,
             log_end_watch,
+            stall_guard,
             watch_rebuilds,
         } = self;
-        // Not joined: it ends within a second of `stopping`, and holds nothing to finish.
+        // Not joined: they end within a second of `stopping` (or of a look in progress), and
+        // hold nothing to finish.
         let _log_end_watch = log_end_watch.spawn(stopping.clone())?;
+        let _stall_guard = stall_guard.spawn(stopping.clone())?;
         let (done_tx, done_rx) = oneshot::channel();
         std::thread::Builder::new()
             .name("projector-consumer".into())

@@ -13,10 +13,25 @@
 //! assign every partition afresh. The claim's epoch keeps projection exact whatever the group
 //! does; the rejoin only restores progress.
 //!
-//! [`StallWatch`] is the decision, with no IO: the consumer loop feeds it what it reads.
+//! [`StallWatch`] is the decision, with no IO. [`StallGuard`] feeds it from a thread of its own,
+//! with a Kafka client of its own, and asks the consumer loop to rejoin through a flag: the looks
+//! (a query for the stored offsets, a metadata request and one watermark request per partition)
+//! take tens of milliseconds on a busy broker, and on the consumer loop's thread they held up
+//! every event behind them for that long, a few times a minute.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaResult;
+use tokio::runtime::Handle;
+
+use crate::consumer::{Ownership, lock};
+use crate::store::ActiveStore;
 
 /// Which partitions not owned here have been stuck behind their log for the stall timeout.
 #[derive(Debug)]
@@ -69,6 +84,121 @@ impl StallWatch {
     /// Starts over, after a rejoin: the new assignment deserves a full timeout.
     pub fn reset(&mut self) {
         self.watched.clear();
+    }
+}
+
+/// The bound on each broker request of a look.
+const LOOK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Looks at the group's progress a few times per stall timeout and, when partitions have sat
+/// unowned behind their log for it, sets the consumer loop's `rejoin` flag.
+pub struct StallGuard {
+    client: BaseConsumer,
+    store: ActiveStore,
+    runtime: Handle,
+    topic: String,
+    ownership: Ownership,
+    watch: StallWatch,
+    look_every: Duration,
+    rejoin: Arc<AtomicBool>,
+}
+
+impl StallGuard {
+    /// Creates its Kafka client (which connects lazily; no group: it only asks for metadata
+    /// and watermarks).
+    pub fn new(
+        brokers: &str,
+        topic: &str,
+        client_id: &str,
+        timeout: Duration,
+        store: ActiveStore,
+        ownership: Ownership,
+        rejoin: Arc<AtomicBool>,
+    ) -> KafkaResult<StallGuard> {
+        let client = ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .set("client.id", format!("{client_id}-stall-guard"))
+            .create()?;
+        Ok(StallGuard {
+            client,
+            store,
+            runtime: Handle::current(),
+            topic: topic.to_owned(),
+            ownership,
+            watch: StallWatch::new(timeout),
+            // A few looks per timeout, so that a stall is seen soon after it is one.
+            look_every: (timeout / 4).max(Duration::from_millis(500)),
+            rejoin,
+        })
+    }
+
+    /// Looks on a thread of its own (its calls block) until `stopping` is set.
+    pub fn spawn(mut self, stopping: Arc<AtomicBool>) -> std::io::Result<JoinHandle<()>> {
+        std::thread::Builder::new()
+            .name("projector-stall-guard".into())
+            .spawn(move || {
+                let mut next_look = Instant::now() + self.look_every;
+                while !stopping.load(Ordering::Relaxed) {
+                    // Short sleeps, so that a stopping projector is not kept waiting.
+                    std::thread::sleep(Duration::from_millis(200));
+                    if Instant::now() >= next_look {
+                        self.look();
+                        next_look = Instant::now() + self.look_every;
+                    }
+                }
+            })
+    }
+
+    /// One look. Skipped when PostgreSQL or the broker cannot answer: a stall is only ever
+    /// concluded from two real looks.
+    fn look(&mut self) {
+        let stored = match self.runtime.block_on(self.store.get().stored_offsets()) {
+            Ok(stored) => stored,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot read the stored offsets for the stall watch");
+                return;
+            }
+        };
+        let Some(log_ends) = self.log_ends() else {
+            return;
+        };
+        let owned: BTreeSet<i32> = lock(&self.ownership).keys().copied().collect();
+        let stalled = self
+            .watch
+            .observe(Instant::now(), &owned, &stored, &log_ends);
+        if stalled.is_empty() {
+            return;
+        }
+        tracing::warn!(
+            ?stalled,
+            timeout_ms = self.watch.timeout.as_millis(),
+            "partitions with events to project have not moved for the stall timeout and are not ours: \
+             the group has assigned them to nobody alive; leaving and rejoining the group so that they are assigned again"
+        );
+        self.rejoin.store(true, Ordering::Relaxed);
+        self.watch.reset();
+    }
+
+    /// Each partition's log end (the offset its next record will get), or `None` when the
+    /// broker cannot say.
+    fn log_ends(&self) -> Option<BTreeMap<i32, i64>> {
+        let metadata = self
+            .client
+            .fetch_metadata(Some(&self.topic), LOOK_TIMEOUT)
+            .map_err(|e| tracing::debug!(error = %e, "cannot fetch metadata for the stall watch"))
+            .ok()?;
+        let topic = metadata.topics().iter().find(|t| t.name() == self.topic)?;
+        topic
+            .partitions()
+            .iter()
+            .map(|p| {
+                self.client
+                    .fetch_watermarks(&self.topic, p.id(), LOOK_TIMEOUT)
+                    .map(|(_, end)| (p.id(), end))
+                    .map_err(|e| tracing::debug!(error = %e, "cannot fetch a log end for the stall watch"))
+                    .ok()
+            })
+            .collect()
     }
 }
 
