@@ -11,8 +11,8 @@
 //!    stale and no `If-Match`, profile updates, deletes, retried commands) from a seeded
 //!    generator. `--source broker` produces them into a new topic in large batches and reads
 //!    them back from the broker in the steps below; `--source memory` (the default) keeps the
-//!    same records in memory, so that the figure is the projection's and PostgreSQL's, not the
-//!    broker's fetch speed (tansu, the local broker, serves ~200 records/s; see BENCHMARKS.md).
+//!    same records in memory, so that the figure is the projection's and PostgreSQL's alone,
+//!    apart from the broker's fetch speed (see BENCHMARKS.md).
 //! 2. **Live**: the live read model is projected first. With the broker, by the projector as it
 //!    runs in production (its catch-up rate is reported); in memory, by the same batch
 //!    transaction, batch after batch.

@@ -481,10 +481,6 @@ impl LogReader {
             // A partition resumed under the lock is fetched now, not after the broker's long
             // poll of the others (500 ms by default): the live projector is waiting.
             .set("fetch.wait.max.ms", "10")
-            // Small fetches: a broker that builds each response record by record (tansu) answers
-            // a large one only after many seconds, which would look like a stalled log.
-            .set("max.partition.fetch.bytes", "65536")
-            .set("fetch.max.bytes", "1048576")
             .create()
             .context("cannot create a Kafka consumer")?;
         let mut assignment = TopicPartitionList::new();
