@@ -9,3 +9,9 @@
 -- slows down as the log grows and starves appends. The same columns are the foreign key to
 -- `record`, whose cascading deletes (retention, topic deletion) scan `header` per record without it.
 create index if not exists header_by_record on header (topition, offset_id);
+
+-- watermark: one row per partition of every topic, with no index on the partition it belongs to;
+-- every produce and every partition of every fetch reads its partition's row (sql/watermark_select
+-- and its variants) with a scan of the whole table, which grows with the topics and partitions
+-- the broker holds (the tests' broker: a topic per test).
+create index if not exists watermark_by_topition on watermark (topition);

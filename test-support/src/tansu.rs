@@ -1,6 +1,6 @@
 //! tansu's sqlite storage as this project runs it: the indexes tansu 0.6 lacks
 //! (`deploy/tansu/indexes.sql`, the file `./dev` applies too), added at every start of a broker,
-//! and the query plan that shows whether a fetch's per-record header lookup uses them.
+//! and the query plans that show whether the lookups of a fetch and a produce use them.
 //!
 //! The sqlite3 shell does the work: it is the tool an operator would use on the file, and it
 //! spares the workspace a second SQLite library beside the broker's own.
@@ -28,6 +28,17 @@ and t.name = $2
 and tp.partition = $3
 and r.offset_id = $4";
 
+/// tansu 0.6's lookup of a partition's watermarks (`src/sql/watermark_select_no_update.sql`),
+/// which every produce and every fetched partition runs in one form or another.
+const WATERMARK_SELECT: &str = "select w.low, w.high
+from cluster c
+join topic t on t.cluster = c.id
+join topition tp on tp.topic = t.id
+join watermark w on w.topition = tp.id
+where c.name = $1
+and t.name = $2
+and tp.partition = $3";
+
 /// How long the shell waits for tansu's write lock (tansu holds it per produce request).
 const LOCK_WAIT: Duration = Duration::from_secs(10);
 
@@ -42,6 +53,11 @@ pub async fn index(db: &Path) -> anyhow::Result<()> {
 /// The plan sqlite chooses for the header lookup of a fetch, one line per step.
 pub async fn header_fetch_plan(db: &Path) -> anyhow::Result<String> {
     sqlite(db, &format!("explain query plan {HEADER_FETCH};")).await
+}
+
+/// The plan sqlite chooses for the watermark lookup of a produce or a fetch.
+pub async fn watermark_select_plan(db: &Path) -> anyhow::Result<String> {
+    sqlite(db, &format!("explain query plan {WATERMARK_SELECT};")).await
 }
 
 async fn sqlite(db: &Path, sql: &str) -> anyhow::Result<String> {
@@ -76,8 +92,9 @@ mod tests {
     use crate::OwnBroker;
 
     /// Fails unless a fetch finds each record's headers through the index (`SEARCH h USING INDEX`);
-    /// without it the plan says `SCAN h`, a pass over every header in the log per record.
-    async fn assert_header_lookup_indexed(db: &Path) {
+    /// without it the plan says `SCAN h`, a pass over every header in the log per record. The
+    /// same for the watermark lookups (`SCAN w` without the index).
+    async fn assert_lookups_indexed(db: &Path) {
         let plan = header_fetch_plan(db).await.expect("query plan");
         assert!(
             plan.contains("SEARCH h USING INDEX header_by_record (topition=? AND offset_id=?)")
@@ -85,20 +102,27 @@ mod tests {
             "the header lookup of a fetch in {} is not indexed:\n{plan}",
             db.display()
         );
+        let plan = watermark_select_plan(db).await.expect("query plan");
+        assert!(
+            plan.contains("SEARCH w USING INDEX watermark_by_topition (topition=?)")
+                && !plan.contains("SCAN w"),
+            "the watermark lookup in {} is not indexed:\n{plan}",
+            db.display()
+        );
     }
 
     #[tokio::test]
-    async fn a_broker_of_a_test_looks_up_headers_by_index_after_every_start() {
+    async fn a_broker_of_a_test_uses_the_added_indexes_after_every_start() {
         let mut broker = OwnBroker::start().await;
-        assert_header_lookup_indexed(&broker.storage()).await;
+        assert_lookups_indexed(&broker.storage()).await;
         broker.stop().await;
         broker.resume().await;
-        assert_header_lookup_indexed(&broker.storage()).await;
+        assert_lookups_indexed(&broker.storage()).await;
     }
 
     /// `./dev` starts the tests' shared broker (as it starts every other one) and names its file.
     #[tokio::test]
-    async fn the_shared_broker_looks_up_headers_by_index() {
+    async fn the_shared_broker_uses_the_added_indexes() {
         let Ok(db) = std::env::var("TANSU_DB") else {
             assert!(
                 std::env::var_os("CI").is_none(),
@@ -106,6 +130,6 @@ mod tests {
             );
             return;
         };
-        assert_header_lookup_indexed(Path::new(&db)).await;
+        assert_lookups_indexed(Path::new(&db)).await;
     }
 }
