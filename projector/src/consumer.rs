@@ -428,6 +428,10 @@ impl Projector {
         if pending.offsets.is_empty() || pending.last.elapsed() < KAFKA_COMMIT_EVERY {
             return;
         }
+        // A partition handed over since is its new owner's to commit.
+        let owned = lock(&self.ownership);
+        pending.offsets.retain(|partition, _| owned.contains_key(partition));
+        drop(owned);
         let mut offsets = TopicPartitionList::new();
         for (partition, next_offset) in &pending.offsets {
             let _ =
