@@ -430,7 +430,9 @@ impl Projector {
         }
         // A partition handed over since is its new owner's to commit.
         let owned = lock(&self.ownership);
-        pending.offsets.retain(|partition, _| owned.contains_key(partition));
+        pending
+            .offsets
+            .retain(|partition, _| owned.contains_key(partition));
         drop(owned);
         let mut offsets = TopicPartitionList::new();
         for (partition, next_offset) in &pending.offsets {
