@@ -17,7 +17,7 @@ pub const INDEXES_FILE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/t
 
 /// tansu 0.6's per-record header query, as tansu-storage 0.6.0 ships it
 /// (`src/sql/header_fetch.sql`, comments left out): what every fetched record costs.
-const HEADER_FETCH: &str = "select h.k, h.v
+pub const HEADER_FETCH: &str = "select h.k, h.v
 from header h
 join record r on h.topition = r.topition and h.offset_id = r.offset_id
 join topition tp on tp.id = r.topition
@@ -30,7 +30,7 @@ and r.offset_id = $4";
 
 /// tansu 0.6's lookup of a partition's watermarks (`src/sql/watermark_select_no_update.sql`),
 /// which every produce and every fetched partition runs in one form or another.
-const WATERMARK_SELECT: &str = "select w.low, w.high
+pub const WATERMARK_SELECT: &str = "select w.low, w.high
 from cluster c
 join topic t on t.cluster = c.id
 join topition tp on tp.topic = t.id
@@ -50,14 +50,9 @@ pub async fn index(db: &Path) -> anyhow::Result<()> {
         .map(drop)
 }
 
-/// The plan sqlite chooses for the header lookup of a fetch, one line per step.
-pub async fn header_fetch_plan(db: &Path) -> anyhow::Result<String> {
-    sqlite(db, &format!("explain query plan {HEADER_FETCH};")).await
-}
-
-/// The plan sqlite chooses for the watermark lookup of a produce or a fetch.
-pub async fn watermark_select_plan(db: &Path) -> anyhow::Result<String> {
-    sqlite(db, &format!("explain query plan {WATERMARK_SELECT};")).await
+/// The plan sqlite chooses for `query` (such as [`HEADER_FETCH`]), one line per step.
+pub async fn plan(db: &Path, query: &str) -> anyhow::Result<String> {
+    sqlite(db, &format!("explain query plan {query};")).await
 }
 
 async fn sqlite(db: &Path, sql: &str) -> anyhow::Result<String> {
@@ -95,20 +90,26 @@ mod tests {
     /// without it the plan says `SCAN h`, a pass over every header in the log per record. The
     /// same for the watermark lookups (`SCAN w` without the index).
     async fn assert_lookups_indexed(db: &Path) {
-        let plan = header_fetch_plan(db).await.expect("query plan");
-        assert!(
-            plan.contains("SEARCH h USING INDEX header_by_record (topition=? AND offset_id=?)")
-                && !plan.contains("SCAN h"),
-            "the header lookup of a fetch in {} is not indexed:\n{plan}",
-            db.display()
-        );
-        let plan = watermark_select_plan(db).await.expect("query plan");
-        assert!(
-            plan.contains("SEARCH w USING INDEX watermark_by_topition (topition=?)")
-                && !plan.contains("SCAN w"),
-            "the watermark lookup in {} is not indexed:\n{plan}",
-            db.display()
-        );
+        let lookups = [
+            (
+                HEADER_FETCH,
+                "SEARCH h USING INDEX header_by_record (topition=? AND offset_id=?)",
+                "SCAN h",
+            ),
+            (
+                WATERMARK_SELECT,
+                "SEARCH w USING INDEX watermark_by_topition (topition=?)",
+                "SCAN w",
+            ),
+        ];
+        for (query, indexed, scan) in lookups {
+            let plan = plan(db, query).await.expect("query plan");
+            assert!(
+                plan.contains(indexed) && !plan.contains(scan),
+                "a lookup in {} is not indexed ({scan}):\n{query}\n{plan}",
+                db.display()
+            );
+        }
     }
 
     #[tokio::test]
