@@ -30,7 +30,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use crate::config::{parse_duration, parse_non_negative};
-use crate::recorder::new_histogram;
+use crate::recorder::{micros, new_histogram};
 
 /// `loadgen broker`.
 #[derive(Debug, Clone, Parser)]
@@ -155,8 +155,6 @@ const STAMP: usize = 8;
 struct Timings {
     window: Histogram<u64>,
     second: Histogram<u64>,
-    second_count: u64,
-    count: u64,
 }
 
 impl Timings {
@@ -164,29 +162,27 @@ impl Timings {
         Timings {
             window: new_histogram(),
             second: new_histogram(),
-            second_count: 0,
-            count: 0,
         }
     }
 
     fn record(&mut self, latency: Duration) {
-        let us = u64::try_from(latency.as_micros())
-            .unwrap_or(u64::MAX)
-            .max(1);
-        let _ = self.window.record(us.min(self.window.high()));
-        let _ = self.second.record(us.min(self.second.high()));
-        self.second_count += 1;
-        self.count += 1;
+        let us = micros(latency);
+        self.window.saturating_record(us);
+        self.second.saturating_record(us);
+    }
+
+    /// How many were recorded in the whole window.
+    fn count(&self) -> u64 {
+        self.window.len()
     }
 
     /// The count and p99 (ms) of the second just closed.
     fn close_second(&mut self) -> (u64, f64) {
         let closed = (
-            self.second_count,
+            self.second.len(),
             self.second.value_at_quantile(0.99) as f64 / 1000.0,
         );
         self.second.reset();
-        self.second_count = 0;
         closed
     }
 }
@@ -318,10 +314,10 @@ async fn run(config: &BrokerConfig) -> anyhow::Result<BrokerReport> {
         while appends.try_join_next().is_some() {}
     }
     while appends.join_next().await.is_some() {}
-    let appended_total = lock(&shared.appends).count;
+    let appended_total = lock(&shared.appends).count();
     // Let the tail catch up with what was appended, bounded.
     let catch_up = Instant::now() + Duration::from_secs(30);
-    while lock(&shared.deliveries).count < appended_total
+    while lock(&shared.deliveries).count() < appended_total
         && Instant::now() < catch_up
         && !tail.is_finished()
     {
@@ -354,10 +350,10 @@ async fn run(config: &BrokerConfig) -> anyhow::Result<BrokerReport> {
         value_bytes: config.value_bytes,
         fetch_wait_ms: config.fetch_wait_ms,
         duration_s: config.duration.as_secs_f64(),
-        appended: appends.count,
-        delivered: deliveries.count,
+        appended: appends.count(),
+        delivered: deliveries.count(),
         append_errors: lock(&shared.errors).clone(),
-        appends_per_s: appends.count as f64 / config.duration.as_secs_f64(),
+        appends_per_s: appends.count() as f64 / config.duration.as_secs_f64(),
         append_latency_ms: Percentiles::of(&appends.window),
         delivery_latency_ms: Percentiles::of(&deliveries.window),
         seconds,
@@ -418,6 +414,21 @@ fn consumer(config: &BrokerConfig, fetch_wait_ms: u32) -> anyhow::Result<BaseCon
         .context("invalid consumer settings")
 }
 
+/// Each partition's low and high watermark (the first offset it holds, and the next it will
+/// give).
+fn watermarks(
+    consumer: &BaseConsumer,
+    config: &BrokerConfig,
+) -> anyhow::Result<BTreeMap<i32, (i64, i64)>> {
+    (0..config.partitions)
+        .map(|partition| {
+            let marks =
+                consumer.fetch_watermarks(&config.topic, partition, Duration::from_secs(10))?;
+            Ok((partition, marks))
+        })
+        .collect()
+}
+
 /// Every partition of the topic from `offset`.
 fn assign_all(
     consumer: &BaseConsumer,
@@ -441,14 +452,9 @@ fn tail(
     positioned: tokio::sync::oneshot::Sender<()>,
 ) -> anyhow::Result<()> {
     let consumer = consumer(config, config.fetch_wait_ms)?;
-    let mut ends = BTreeMap::new();
-    for partition in 0..config.partitions {
-        let (_, end) =
-            consumer.fetch_watermarks(&config.topic, partition, Duration::from_secs(10))?;
-        ends.insert(partition, end);
-    }
+    let marks = watermarks(&consumer, config)?;
     assign_all(&consumer, config, |partition| {
-        Offset::Offset(ends.get(&partition).copied().unwrap_or(0))
+        Offset::Offset(marks.get(&partition).map_or(0, |&(_, end)| end))
     })?;
     let _ = positioned.send(());
     let measured_from = shared.measured_from - shared.start;
@@ -476,14 +482,11 @@ fn tail(
 /// Reads every partition from its start to its end as it is now.
 fn read_back(config: &BrokerConfig) -> anyhow::Result<ReadBack> {
     let consumer = consumer(config, 100)?;
-    let timeout = Duration::from_secs(10);
-    let mut remaining = 0u64;
-    let mut ends = BTreeMap::new();
-    for partition in 0..config.partitions {
-        let (low, high) = consumer.fetch_watermarks(&config.topic, partition, timeout)?;
-        ends.insert(partition, high);
-        remaining += u64::try_from(high - low).unwrap_or(0);
-    }
+    let marks = watermarks(&consumer, config)?;
+    let remaining: u64 = marks
+        .values()
+        .map(|&(low, high)| u64::try_from(high - low).unwrap_or(0))
+        .sum();
     assign_all(&consumer, config, |_| Offset::Beginning)?;
     let started = Instant::now();
     let mut records = 0u64;
@@ -491,9 +494,9 @@ fn read_back(config: &BrokerConfig) -> anyhow::Result<ReadBack> {
     while records < remaining {
         match consumer.poll(Duration::from_millis(100)) {
             Some(Ok(message)) => {
-                if ends
+                if marks
                     .get(&message.partition())
-                    .is_some_and(|end| message.offset() < *end)
+                    .is_some_and(|&(_, end)| message.offset() < end)
                 {
                     records += 1;
                 }

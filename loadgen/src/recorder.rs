@@ -21,6 +21,13 @@ pub fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, HISTOGRAM_MAX_US, 3).expect("constant bounds are valid")
 }
 
+/// A latency as the histograms keep it: whole microseconds, at least 1.
+pub fn micros(latency: Duration) -> u64 {
+    u64::try_from(latency.as_micros())
+        .unwrap_or(u64::MAX)
+        .max(1)
+}
+
 /// Why a request counts as an error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Failure {
@@ -223,9 +230,7 @@ impl Recorder {
     /// time in an open loop, the send time in a closed one); `latency` is what the report shows.
     pub fn record(&self, op: Operation, started: Instant, latency: Duration, outcome: Outcome) {
         let measured = started >= self.measure_start;
-        let latency_us = u64::try_from(latency.as_micros())
-            .unwrap_or(u64::MAX)
-            .max(1);
+        let latency_us = micros(latency);
         // During the warm-up the current second holds everything, for the progress line; after
         // it, exactly the measured requests, so the seconds add up to the totals.
         let now = Instant::now();
