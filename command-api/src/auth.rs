@@ -36,7 +36,7 @@ use serde_json::{Value, json};
 use sha2::Sha256;
 use uuid::Uuid;
 
-use crate::extract::parse_hyphenated_uuid;
+use crate::hyphenated_uuid::parse_hyphenated_uuid;
 
 /// The only algorithm issued and accepted.
 pub const ALGORITHM: &str = "HS256";

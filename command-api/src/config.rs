@@ -47,8 +47,9 @@ pub struct Config {
 
     /// Most writes waiting for the broker's acknowledgement at once. A write that finds this
     /// many in flight is answered 503 (`/problems/overloaded`, `Retry-After`) at once, and
-    /// nothing is appended. The default is about twice the writes in flight at the seed
-    /// workload's peak (README, Back-pressure).
+    /// nothing is appended. The default is about twice what a stalled broker holds at the
+    /// target load of 400 writes/s: 400 a second for the 5 s append timeout (docs/operations.md,
+    /// Sizing the write bound).
     #[arg(long, env = "MAX_IN_FLIGHT_WRITES", default_value_t = 4096,
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_in_flight_writes: u32,

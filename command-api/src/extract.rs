@@ -12,6 +12,7 @@ use service_kit::limits::find_body_read_timeout;
 use uuid::Uuid;
 
 use crate::error::ApiError;
+use crate::hyphenated_uuid::parse_hyphenated_uuid;
 
 /// The largest request body accepted: 64 KiB.
 pub const BODY_LIMIT: usize = 64 * 1024;
@@ -175,27 +176,10 @@ fn path_id(params: &[(String, String)], name: &'static str) -> Result<Uuid, ApiE
     })
 }
 
-/// Only the canonical 8-4-4-4-12 form, in either letter case; the braced, URN and
-/// unhyphenated forms `Uuid::parse_str` also takes are refused, so that one resource has one
-/// path (up to case).
-pub fn parse_hyphenated_uuid(text: &str) -> Option<Uuid> {
-    let bytes = text.as_bytes();
-    let shaped = bytes.len() == 36
-        && bytes.iter().enumerate().all(|(i, b)| match i {
-            8 | 13 | 18 | 23 => *b == b'-',
-            _ => b.is_ascii_hexdigit(),
-        });
-    if shaped {
-        Uuid::try_parse(text).ok()
-    } else {
-        None
-    }
-}
-
-/// The user a write's bearer token authenticated, put there by
-/// [`require_path_user`](crate::routes::require_path_user) once it checked that the path is that
-/// user's. A handler that takes it cannot run unauthenticated: without the layer, the extractor
-/// fails with a 500 (our bug) instead of letting the write through.
+/// The user a write's bearer token authenticated, put there by the route layer
+/// `require_path_user` once it checked that the path is that user's. A handler that takes it
+/// cannot run unauthenticated: without the layer, the extractor fails with a 500 (our bug)
+/// instead of letting the write through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Caller(pub Uuid);
 
@@ -285,25 +269,6 @@ mod tests {
     use axum::http::HeaderValue;
 
     use super::*;
-
-    #[test]
-    fn path_ids_must_be_hyphenated_uuids_and_come_out_lower_case() {
-        let id = parse_hyphenated_uuid("0190B6A0-ABCD-7000-8000-00000000000F").expect("upper case");
-        assert_eq!(id.to_string(), "0190b6a0-abcd-7000-8000-00000000000f");
-        for bad in [
-            "",
-            "not-a-uuid",
-            "0190b6a0abcd7000800000000000000f",
-            "{0190b6a0-abcd-7000-8000-00000000000f}",
-            "urn:uuid:0190b6a0-abcd-7000-8000-00000000000f",
-            "0190b6a0-abcd-7000-8000-00000000000g",
-            "0190b6a0-abcd-7000-8000-00000000000f0",
-            "0190b6a0+abcd-7000-8000-00000000000f",
-            "0190b6a0-abcd-7000-8000-0000000000é",
-        ] {
-            assert_eq!(parse_hyphenated_uuid(bad), None, "{bad:?}");
-        }
-    }
 
     #[test]
     fn if_match_takes_one_strong_positive_version_or_a_star() {

@@ -44,7 +44,7 @@ pub struct Fingerprint<'a> {
     /// The version named by `If-Match`: a retry with another precondition is another request.
     pub expected_version: Option<i64>,
     /// The payload fields the client sent, as the event carries them: see
-    /// `command::command_ids`, which leaves out what the command API fills in itself.
+    /// `command::envelope::command_ids`, which leaves out what the command API fills in itself.
     pub data: &'a Value,
 }
 

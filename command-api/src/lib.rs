@@ -5,25 +5,32 @@
 //! `202 Accepted` only once the broker has acknowledged it (`acks=all`, idempotent producer).
 //! It has no database: deciding whether a write applies is the projector's job, in log order.
 //!
-//! Layout:
-//! - [`config`]: [`Config`], the settings from flags or environment.
-//! - [`command`]: pure rules: the six writes, their field validation into domain events, and the
-//!   envelope each becomes.
+//! Layout, from the bottom layer up (each module uses only modules listed before it):
+//! - [`hyphenated_uuid`]: the one text form of a UUID taken in paths and tokens.
 //! - [`ids`]: command, event and new aggregate ids; derived from `Idempotency-Key` when sent.
 //! - [`auth`]: access tokens (HS256 JWTs): the keys, issuing at sign-up, verifying.
-//! - [`extract`]: axum extractors for path ids, `If-Match`, `Idempotency-Key`, the JSON body and
-//!   the authenticated caller.
-//! - [`routes`]: the handlers, the 202 answer and the layer that authenticates writes.
-//! - [`appender`]: the Kafka producer, topic creation and the readiness probe.
+//! - [`client_ip`]: who a sign-up comes from behind trusted proxies (`X-Forwarded-For`).
 //! - [`backpressure`]: the bound on writes waiting for the broker, and the 503 past it.
 //! - [`ratelimit`]: per-client write rate limits (token buckets), and the 429 past them.
-//! - [`client_ip`]: who a sign-up comes from behind trusted proxies (`X-Forwarded-For`).
+//! - [`config`]: [`Config`], the settings from flags or environment.
+//! - [`appender`]: the Kafka producer, topic creation and the readiness probe.
+//! - [`command`]: pure rules: the six writes, their field validation into domain events, the
+//!   request body schemas, and the envelope each write becomes.
 //! - [`error`]: [`error::ApiError`], every failure and its problem+json answer.
-//! - [`openapi`]: the OpenAPI document's parameters, bodies and security scheme; each route's
-//!   own part is its handler's `#[utoipa::path]`.
-//! - here: [`Application`] (bind, run, graceful shutdown), [`router`] and [`openapi`]'s
-//!   document ([`openapi_document`]).
+//! - [`extract`]: axum extractors for path ids, `If-Match`, `Idempotency-Key`, the JSON body and
+//!   the authenticated caller.
+//! - [`accepted`]: the 202 answer to a write the broker acknowledged.
+//! - [`state`]: [`state::AppState`], what every handler shares.
+//! - [`openapi`]: the OpenAPI document's parameters, bodies, shared answers and security scheme;
+//!   each route's own part is its handler's `#[utoipa::path]`.
+//! - [`pipeline`]: [`pipeline::accept`], the same path for every write from its checked event
+//!   to the 202: ids, envelope, admission, append.
+//! - [`routes`]: one module per resource with its handlers, the route layers that authenticate
+//!   and rate-limit writes, and the [`router`] with the OpenAPI document it serves
+//!   ([`openapi_document`]).
+//! - here: [`Application`] (bind, run, graceful shutdown).
 
+pub mod accepted;
 pub mod appender;
 pub mod auth;
 pub mod backpressure;
@@ -32,10 +39,13 @@ pub mod command;
 pub mod config;
 pub mod error;
 pub mod extract;
+pub mod hyphenated_uuid;
 pub mod ids;
 pub mod openapi;
+pub mod pipeline;
 pub mod ratelimit;
 pub mod routes;
+pub mod state;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -43,95 +53,18 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
-use axum::middleware;
 use service_kit::metrics::Metrics;
 use service_kit::server::Timeouts;
 use tokio::net::TcpListener;
-use utoipa::OpenApi as _;
-use utoipa_axum::router::OpenApiRouter;
-use utoipa_axum::routes;
 
 pub use config::{Config, LogFormat};
+pub use routes::{openapi_document, router};
 
 use crate::appender::Appender;
 use crate::auth::{Keys, Tokens};
 use crate::backpressure::InFlightWrites;
-use crate::client_ip::TrustedProxies;
-use crate::extract::BODY_LIMIT;
 use crate::ratelimit::WriteLimits;
-
-/// What every handler shares.
-#[derive(Debug, Clone)]
-pub struct AppState {
-    pub appender: Arc<Appender>,
-    pub in_flight: Arc<InFlightWrites>,
-    pub write_limits: Arc<WriteLimits>,
-    /// Whose `X-Forwarded-For` names a sign-up's client.
-    pub trusted_proxies: Arc<TrustedProxies>,
-    pub tokens: Arc<Tokens>,
-    pub metrics: Metrics,
-}
-
-/// The writes under a user's path, without their layer (see [`router`]).
-fn owned_writes() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new()
-        .routes(routes!(routes::update_profile, routes::delete_user))
-        .routes(routes!(routes::publish_post))
-        .routes(routes!(routes::edit_post, routes::delete_post))
-}
-
-fn sign_up() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(routes::register_user))
-}
-
-fn operations() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(routes::readyz))
-}
-
-/// The service's OpenAPI document, as `GET /openapi.json` answers it, without a running service:
-/// [`router`] builds its own the same way from the same routes. Every route is registered with
-/// `routes!`, which takes its method and path from the handler's `#[utoipa::path]`; the routes
-/// the common layers add are `service_kit::openapi`'s.
-pub fn openapi_document() -> serde_json::Value {
-    let api = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
-        .merge(sign_up())
-        .merge(owned_writes())
-        .merge(operations())
-        .into_openapi();
-    service_kit::openapi::document(api)
-}
-
-/// The service's routes, with the layers every service of the system has.
-pub fn router(state: AppState) -> Router {
-    let metrics = state.metrics.clone();
-    // Every write under a user's path is that user's: the route layer authenticates the caller
-    // and checks the path's user (401, 400, 403) before the handler's extractors look at
-    // anything else, the body included. A route added here is protected without a second
-    // thought; its handler's `Caller` extractor fails (500) if it ever is not. The same layer
-    // applies the caller's write rate limit (429), once the caller is known and before the body
-    // is read.
-    let owned = owned_writes().route_layer(middleware::from_fn_with_state(
-        state.clone(),
-        routes::require_path_user,
-    ));
-    // Sign-up is open: it is how a client gets its token. Its rate limit is by peer IP, in a
-    // route layer of its own so that it runs before the body is read.
-    let sign_up = sign_up().route_layer(middleware::from_fn_with_state(
-        state.clone(),
-        routes::limit_sign_ups,
-    ));
-    let writes = sign_up
-        .merge(owned)
-        .layer(DefaultBodyLimit::max(BODY_LIMIT));
-    let (api, document) = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
-        .merge(writes)
-        .merge(operations())
-        .with_state(state)
-        .split_for_parts();
-    let api = service_kit::openapi::serve(api, &service_kit::openapi::document(document));
-    service_kit::http::with_common_layers(api, metrics)
-}
+use crate::state::AppState;
 
 /// The service, bound to its address and ready to run.
 pub struct Application {

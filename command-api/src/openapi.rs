@@ -1,15 +1,14 @@
 //! The command API's OpenAPI document: its parts that are not a route's own attributes.
 //!
-//! Each handler in [`crate::routes`] carries its `#[utoipa::path]` (method, path, responses),
-//! and [`crate::router`] registers it with `utoipa_axum::routes!`, which takes the route from
-//! that attribute: a write cannot be served undocumented. Here: the parameters each extractor
-//! reads ([`IntoParams`] for [`UserPath`], [`PostPath`], [`ExpectedVersion`] and
-//! [`IdempotencyKey`], with the extractors' own limits), the request bodies (from
-//! [`crate::command::schema`], the field rules' constants), the sign-up's answer, the
-//! bearer security scheme, and the answers that several writes share ([`IntoResponses`] types
-//! that the routes' `responses(...)` name: [`WriteAccepted`], [`OwnedWriteRefusals`],
-//! [`BodyRefusals`], [`NotAppended`]), so that each is said once and a route's attribute says
-//! only what is its own. `service_kit::openapi::document` adds what all services share.
+//! Each handler of the route modules carries its `#[utoipa::path]` (method, path, responses),
+//! which names the types here. Here: the parameters each extractor reads ([`IntoParams`] for
+//! [`UserPath`], [`PostPath`], [`ExpectedVersion`] and [`IdempotencyKey`], with the extractors'
+//! own limits), the request bodies (from [`crate::command::schema`], the field rules' bounds),
+//! the sign-up's answer, the bearer security scheme, and the answers that several writes share
+//! ([`IntoResponses`] types that the routes' `responses(...)` name: [`WriteAccepted`],
+//! [`OwnedWriteRefusals`], [`BodyRefusals`], [`NotAppended`]), so that each is said once and a
+//! route's attribute says only what is its own. `service_kit::openapi::document` adds what all
+//! services share.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -25,11 +24,11 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, OpenApi, Ref, RefOr, Required};
 use utoipa::{IntoParams, IntoResponses, Modify, PartialSchema, ToSchema};
 
+use crate::accepted::AcceptedBody;
 use crate::command::schema::Body;
 use crate::extract::{
     ExpectedVersion, IDEMPOTENCY_KEY_MAX_LEN, IdempotencyKey, PostPath, UserPath,
 };
-use crate::routes::AcceptedBody;
 
 /// The name of the bearer security scheme that the writes under a user's path require.
 pub const BEARER: &str = "bearer";
@@ -198,7 +197,7 @@ body_schema! {
     EditPost => Body::EditPost,
 }
 
-/// The sign-up's 202: an [`Accepted`](crate::routes::Accepted) whose `access_token` is always
+/// The sign-up's 202: an [`Accepted`](crate::accepted::Accepted) whose `access_token` is always
 /// there.
 #[derive(Debug)]
 pub struct SignedUp;
@@ -207,7 +206,7 @@ impl PartialSchema for SignedUp {
     fn schema() -> RefOr<Schema> {
         AllOfBuilder::new()
             .item(RefOr::Ref(utoipa::openapi::Ref::from_schema_name(
-                crate::routes::AcceptedBody::name(),
+                AcceptedBody::name(),
             )))
             .item(ObjectBuilder::new().required("access_token"))
             .description(Some(
@@ -229,7 +228,7 @@ impl ToSchema for SignedUp {
 }
 
 /// The 202 of every write: the event is in the log, with `Body` (an [`AcceptedBody`], or the
-/// sign-up's [`SignedUp`]) and the headers of [`crate::routes::Accepted`]. Its schema is
+/// sign-up's [`SignedUp`]) and the headers of [`crate::accepted::Accepted`]. Its schema is
 /// referred to by name: the document's `components` must have it (see [`ApiDoc`]).
 pub struct WriteAccepted<Body = AcceptedBody>(PhantomData<Body>);
 
@@ -268,8 +267,8 @@ impl<Body: ToSchema> IntoResponses for WriteAccepted<Body> {
     }
 }
 
-/// The refusals of [`crate::routes::require_path_user`], the route layer of every write under a
-/// user's path: they come before the handler looks at anything else.
+/// The refusals of `require_path_user`, the route layer of every write under a user's path: they
+/// come before the handler looks at anything else.
 #[derive(IntoResponses)]
 pub enum OwnedWriteRefusals {
     #[response(
@@ -315,58 +314,3 @@ pub enum BodyRefusals {
     description = "Not appended (too many writes waiting, or the log unreachable), or unknown after a timeout: retry, with the same Idempotency-Key."
 )]
 pub struct NotAppended;
-
-#[cfg(test)]
-mod tests {
-    use serde_json::Value;
-
-    use crate::command::Write;
-    use uuid::Uuid;
-
-    /// The idempotency fingerprint hashes each write's route template (`Write::route`): it must
-    /// be the route the write is served at, which is the documented one.
-    #[test]
-    fn every_write_is_documented_at_its_route_and_method() {
-        let document: Value = crate::openapi_document();
-        let id = Uuid::nil();
-        for write in [
-            Write::RegisterUser,
-            Write::UpdateProfile { user_id: id },
-            Write::DeleteUser { user_id: id },
-            Write::PublishPost { user_id: id },
-            Write::EditPost {
-                user_id: id,
-                post_id: id,
-            },
-            Write::DeletePost {
-                user_id: id,
-                post_id: id,
-            },
-        ] {
-            let operation = &document["paths"][write.route()][write.method().to_ascii_lowercase()];
-            assert!(
-                operation.is_object(),
-                "{} {}",
-                write.method(),
-                write.route()
-            );
-            let secured = operation["security"] == serde_json::json!([{super::BEARER: []}]);
-            assert_eq!(secured, write != Write::RegisterUser, "{write:?}");
-            let parameters: Vec<&str> = operation["parameters"]
-                .as_array()
-                .expect("parameters")
-                .iter()
-                .filter_map(|p| p["name"].as_str())
-                .collect();
-            assert!(parameters.contains(&"Idempotency-Key"), "{write:?}");
-            assert_eq!(
-                parameters.contains(&"If-Match"),
-                write.takes_if_match(),
-                "{write:?}"
-            );
-        }
-        let scheme = &document["components"]["securitySchemes"][super::BEARER];
-        assert_eq!(scheme["type"], "http");
-        assert_eq!(scheme["scheme"], "bearer");
-    }
-}

@@ -5,10 +5,10 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use crate::domain::{
-    Event, EventType, PostEdited, PostFormat, PostPublished, UserProfileUpdated, UserRegistered,
-};
+use crate::domain::Event;
 use crate::envelope::{Envelope, Idempotency};
+use crate::event_type::EventType;
+use crate::payload::{PostEdited, PostFormat, PostPublished, UserProfileUpdated, UserRegistered};
 
 fn corpus_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus")

@@ -1,13 +1,14 @@
 //! The domain events: what happened, in the past tense.
 //!
-//! Each variant has a stable wire name (`type`) and a schema version, declared in one place:
-//! [`EventType::schema_version`]. The structs here are the newest shape of each payload; older
-//! versions still in the log are turned into it by the [upcasters](crate::upcast) before they are
-//! deserialized. Payloads hold only what the command carried; everything the projector derives
-//! (versions, counts) is left to it, so a replay can derive it again.
+//! [`Event`] has one variant per [`EventType`], each carrying its [payload](crate::payload) in
+//! the newest shape. Each type has a stable wire name and a schema version, declared in one
+//! place: [`EventType::schema_version`]. Building an event from what the log holds runs the
+//! [upcasters](crate::upcast) first, so that a payload of any version becomes the newest shape.
 
 use serde::{Deserialize, Serialize};
 
+use crate::event_type::EventType;
+use crate::payload::{PayloadError, PostEdited, PostPublished, UserProfileUpdated, UserRegistered};
 use crate::upcast;
 
 /// The kind of aggregate an event belongs to.
@@ -27,69 +28,6 @@ impl AggregateType {
     }
 }
 
-/// A new user registered. The user id is the envelope's aggregate id.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct UserRegistered {
-    pub display_name: String,
-    #[serde(default)]
-    pub bio: Option<String>,
-}
-
-/// A user changed their profile; absent fields keep their value.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct UserProfileUpdated {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub display_name: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub bio: Option<String>,
-}
-
-/// A user published a post. The author is the envelope's partition key, the post id its
-/// aggregate id.
-///
-/// Version 2 added `format`; a version 1 event is upcast with [`PostFormat::Plain`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PostPublished {
-    pub title: String,
-    pub body: String,
-    pub format: PostFormat,
-}
-
-/// How a post's body is meant to be rendered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum PostFormat {
-    /// Shown exactly as written. Every post written through contract v1 is plain: the contract
-    /// has no field to say otherwise, and stores and shows bodies exactly as sent.
-    Plain,
-    /// CommonMark, for a client that renders it. Nothing writes it until a contract lets clients
-    /// choose.
-    Markdown,
-}
-
-impl PostFormat {
-    /// The wire and database spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            PostFormat::Plain => "plain",
-            PostFormat::Markdown => "markdown",
-        }
-    }
-}
-
-/// A user edited one of their posts; absent fields keep their value.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PostEdited {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub title: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub body: Option<String>,
-}
-
 /// Every event the system knows, newest schema version of each.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
@@ -99,69 +37,6 @@ pub enum Event {
     PostPublished(PostPublished),
     PostEdited(PostEdited),
     PostDeleted,
-}
-
-/// The kinds of event, without their payloads: what an envelope's `type` names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum EventType {
-    UserRegistered,
-    UserProfileUpdated,
-    UserDeleted,
-    PostPublished,
-    PostEdited,
-    PostDeleted,
-}
-
-impl EventType {
-    pub const ALL: [EventType; 6] = [
-        EventType::UserRegistered,
-        EventType::UserProfileUpdated,
-        EventType::UserDeleted,
-        EventType::PostPublished,
-        EventType::PostEdited,
-        EventType::PostDeleted,
-    ];
-
-    /// The stable wire name.
-    pub fn name(self) -> &'static str {
-        match self {
-            EventType::UserRegistered => types::USER_REGISTERED,
-            EventType::UserProfileUpdated => types::USER_PROFILE_UPDATED,
-            EventType::UserDeleted => types::USER_DELETED,
-            EventType::PostPublished => types::POST_PUBLISHED,
-            EventType::PostEdited => types::POST_EDITED,
-            EventType::PostDeleted => types::POST_DELETED,
-        }
-    }
-
-    pub fn from_name(name: &str) -> Option<EventType> {
-        EventType::ALL.into_iter().find(|t| t.name() == name)
-    }
-
-    /// The schema version this code writes, which is the newest there is; older ones are upcast
-    /// on decoding. This is the one place a version is declared. Raising one takes an upcaster
-    /// from the previous version (`upcast.rs`) and a corpus file for the new one
-    /// (`events/corpus/`); the tests fail until both are there.
-    pub fn schema_version(self) -> u16 {
-        match self {
-            EventType::UserRegistered => 1,
-            EventType::UserProfileUpdated => 1,
-            EventType::UserDeleted => 1,
-            EventType::PostPublished => 2,
-            EventType::PostEdited => 1,
-            EventType::PostDeleted => 1,
-        }
-    }
-}
-
-/// Wire names of the event types.
-pub mod types {
-    pub const USER_REGISTERED: &str = "user.registered";
-    pub const USER_PROFILE_UPDATED: &str = "user.profile_updated";
-    pub const USER_DELETED: &str = "user.deleted";
-    pub const POST_PUBLISHED: &str = "post.published";
-    pub const POST_EDITED: &str = "post.edited";
-    pub const POST_DELETED: &str = "post.deleted";
 }
 
 impl Event {
@@ -252,56 +127,4 @@ fn empty_payload(data: serde_json::Value) -> Result<(), PayloadError> {
     struct Empty {}
     let _: Empty = serde_json::from_value(data)?;
     Ok(())
-}
-
-/// Why a payload could not become an [`Event`].
-#[derive(Debug, thiserror::Error)]
-pub enum PayloadError {
-    #[error("unknown event type {0:?}")]
-    UnknownType(String),
-    #[error("unknown schema version {schema_version} of {type_name:?}")]
-    UnknownVersion {
-        type_name: String,
-        schema_version: u16,
-    },
-    #[error("version {from_version} of {type_name:?} cannot be upcast: {reason}")]
-    Upcast {
-        type_name: String,
-        from_version: u16,
-        reason: String,
-    },
-    /// A version below the current one without an upcaster: a bug the upcast tests catch.
-    #[error("no upcaster from version {from_version} of {type_name:?}")]
-    MissingUpcaster {
-        type_name: String,
-        from_version: u16,
-    },
-    #[error("invalid payload: {0}")]
-    Invalid(#[from] serde_json::Error),
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_type_is_listed_once_and_found_by_its_name() {
-        // Exhaustive: a new variant does not compile until it gets a place here, which is the
-        // reminder to give it the same place in `ALL`.
-        fn index(event_type: EventType) -> usize {
-            match event_type {
-                EventType::UserRegistered => 0,
-                EventType::UserProfileUpdated => 1,
-                EventType::UserDeleted => 2,
-                EventType::PostPublished => 3,
-                EventType::PostEdited => 4,
-                EventType::PostDeleted => 5,
-            }
-        }
-        for (i, event_type) in EventType::ALL.into_iter().enumerate() {
-            assert_eq!(index(event_type), i);
-            assert_eq!(EventType::from_name(event_type.name()), Some(event_type));
-        }
-        assert_eq!(EventType::from_name("post.liked"), None);
-    }
 }

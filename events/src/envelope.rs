@@ -20,7 +20,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::domain::{AggregateType, Event, PayloadError};
+use crate::domain::{AggregateType, Event};
+use crate::payload::PayloadError;
 
 /// Kafka header names.
 pub mod headers {
@@ -159,7 +160,7 @@ impl Envelope {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{
+    use crate::payload::{
         PostEdited, PostFormat, PostPublished, UserProfileUpdated, UserRegistered,
     };
 

@@ -29,7 +29,7 @@
 //!
 //! # Adding a version
 //!
-//! 1. Change the payload struct in [`crate::domain`] and raise the type's version in
+//! 1. Change the payload struct in [`crate::payload`] and raise the type's version in
 //!    [`EventType::schema_version`].
 //! 2. Add a row to `UPCASTERS` (below) from the previous version to the new one.
 //! 3. Add `events/corpus/{type}/v{N}.json` and its expected value in the corpus test, and keep
@@ -39,7 +39,8 @@
 
 use serde_json::Value;
 
-use crate::domain::{EventType, PayloadError, PostFormat};
+use crate::event_type::EventType;
+use crate::payload::{PayloadError, PostFormat};
 
 /// Turns a payload of one schema version into the payload of the next, or says why it cannot.
 type Upcaster = fn(Value) -> Result<Value, String>;

@@ -36,7 +36,7 @@ struct PostShape<'a> {
 
 impl FixedPost {
     fn new() -> FixedPost {
-        let text = crate::workload::post_text(1100);
+        let text = crate::contract::post_text(1100);
         let post = PostShape {
             id: Uuid::from_u128(0x0190_a0e4_5b6c_7d8e_9fa0_b1c2_d3e4_f506),
             author_id: Uuid::from_u128(0x0190_a0e4_5b6c_7d8e_9fa0_b1c2_d3e4_f507),

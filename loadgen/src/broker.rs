@@ -10,13 +10,11 @@
 //! fresh consumer reads the whole topic from the start, as a rebuild does.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use clap::Parser;
 use hdrhistogram::Histogram;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -29,59 +27,8 @@ use serde::Serialize;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-use crate::config::{parse_duration, parse_non_negative};
+use crate::config::BrokerConfig;
 use crate::recorder::{micros, new_histogram};
-
-/// `loadgen broker`.
-#[derive(Debug, Clone, Parser)]
-pub struct BrokerConfig {
-    /// The broker's bootstrap address.
-    #[arg(long, env = "LOADGEN_BROKERS", default_value = "127.0.0.1:9092")]
-    pub brokers: String,
-
-    /// The topic to fill; created with --partitions unless it exists. Use a topic of its own:
-    /// the final read takes every record in it.
-    #[arg(long, env = "LOADGEN_BROKER_TOPIC", default_value = "loadgen-broker")]
-    pub topic: String,
-
-    /// Partitions of a topic this creates (as many as the command API creates by default).
-    #[arg(long, env = "LOADGEN_BROKER_PARTITIONS", default_value_t = 12,
-          value_parser = clap::value_parser!(i32).range(1..))]
-    pub partitions: i32,
-
-    /// How long to append, after the warm-up.
-    #[arg(long, env = "LOADGEN_BROKER_DURATION", default_value = "30s", value_parser = parse_duration)]
-    pub duration: Duration,
-
-    /// Appends before measuring starts, not counted.
-    #[arg(long, env = "LOADGEN_BROKER_WARMUP", default_value = "5s", value_parser = parse_duration)]
-    pub warmup: Duration,
-
-    /// Records awaiting their acknowledgement at once (as many as the command API's
-    /// concurrent writes under a closed loop of that many connections).
-    #[arg(long, env = "LOADGEN_BROKER_IN_FLIGHT", default_value_t = 64)]
-    pub in_flight: usize,
-
-    /// Records per second on a fixed schedule; 0 appends flat out.
-    #[arg(long, env = "LOADGEN_BROKER_RATE", default_value_t = 0.0, value_parser = parse_non_negative)]
-    pub rate: f64,
-
-    /// Bytes of each record's value.
-    #[arg(long, env = "LOADGEN_BROKER_VALUE_BYTES", default_value_t = 1024)]
-    pub value_bytes: usize,
-
-    /// The projector's `KAFKA_FETCH_WAIT_MS` for the tailing consumer.
-    #[arg(long, env = "LOADGEN_BROKER_FETCH_WAIT_MS", default_value_t = 10)]
-    pub fetch_wait_ms: u32,
-
-    /// Skip the final read of the whole topic from its start.
-    #[arg(long, env = "LOADGEN_BROKER_NO_READ_BACK")]
-    pub no_read_back: bool,
-
-    /// Write the report as JSON here.
-    #[arg(long, env = "LOADGEN_BROKER_JSON")]
-    pub json: Option<PathBuf>,
-}
 
 /// What one `loadgen broker` measured.
 #[derive(Debug, Clone, Serialize)]
@@ -191,13 +138,9 @@ struct Shared {
     start: Instant,
     /// Only appends sent from here on are counted, and only their deliveries.
     measured_from: Instant,
-    appends: std::sync::Mutex<Timings>,
-    deliveries: std::sync::Mutex<Timings>,
-    errors: std::sync::Mutex<BTreeMap<String, u64>>,
-}
-
-fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    appends: Mutex<Timings>,
+    deliveries: Mutex<Timings>,
+    errors: Mutex<BTreeMap<String, u64>>,
 }
 
 /// Runs the measurement and prints its table; writes `--json` if asked.
@@ -301,9 +244,18 @@ async fn run(config: &BrokerConfig) -> anyhow::Result<BrokerReport> {
             let outcome = producer.send(record, Duration::ZERO).await;
             if started >= shared.measured_from {
                 match outcome {
-                    Ok(_) => lock(&shared.appends).record(started.elapsed()),
+                    Ok(_) => shared
+                        .appends
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .record(started.elapsed()),
                     Err((error, _)) => {
-                        *lock(&shared.errors).entry(error.to_string()).or_default() += 1;
+                        *shared
+                            .errors
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .entry(error.to_string())
+                            .or_default() += 1;
                     }
                 }
             }
@@ -314,10 +266,19 @@ async fn run(config: &BrokerConfig) -> anyhow::Result<BrokerReport> {
         while appends.try_join_next().is_some() {}
     }
     while appends.join_next().await.is_some() {}
-    let appended_total = lock(&shared.appends).count();
+    let appended_total = shared
+        .appends
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .count();
     // Let the tail catch up with what was appended, bounded.
     let catch_up = Instant::now() + Duration::from_secs(30);
-    while lock(&shared.deliveries).count() < appended_total
+    while shared
+        .deliveries
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .count()
+        < appended_total
         && Instant::now() < catch_up
         && !tail.is_finished()
     {
@@ -339,8 +300,14 @@ async fn run(config: &BrokerConfig) -> anyhow::Result<BrokerReport> {
         )
     };
 
-    let appends = lock(&shared.appends);
-    let deliveries = lock(&shared.deliveries);
+    let appends = shared
+        .appends
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    let deliveries = shared
+        .deliveries
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
     Ok(BrokerReport {
         brokers: config.brokers.clone(),
         topic: config.topic.clone(),
@@ -352,7 +319,11 @@ async fn run(config: &BrokerConfig) -> anyhow::Result<BrokerReport> {
         duration_s: config.duration.as_secs_f64(),
         appended: appends.count(),
         delivered: deliveries.count(),
-        append_errors: lock(&shared.errors).clone(),
+        append_errors: shared
+            .errors
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone(),
         appends_per_s: appends.count() as f64 / config.duration.as_secs_f64(),
         append_latency_ms: Percentiles::of(&appends.window),
         delivery_latency_ms: Percentiles::of(&deliveries.window),
@@ -363,8 +334,16 @@ async fn run(config: &BrokerConfig) -> anyhow::Result<BrokerReport> {
 
 /// The figures of the second just ended, the `index`th of the measured window.
 fn close_second(shared: &Shared, index: usize) -> SecondFigures {
-    let (appended, append_p99_ms) = lock(&shared.appends).close_second();
-    let (delivered, delivery_p99_ms) = lock(&shared.deliveries).close_second();
+    let (appended, append_p99_ms) = shared
+        .appends
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .close_second();
+    let (delivered, delivery_p99_ms) = shared
+        .deliveries
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .close_second();
     SecondFigures {
         second: index as u64 + 1,
         appended,
@@ -473,7 +452,11 @@ fn tail(
         };
         let sent = Duration::from_nanos(u64::from_be_bytes(stamp));
         if sent >= measured_from {
-            lock(&shared.deliveries).record(received.saturating_sub(sent));
+            shared
+                .deliveries
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .record(received.saturating_sub(sent));
         }
     }
     Ok(())

@@ -1,5 +1,5 @@
-//! The command line: `loadgen run`, `loadgen chaos` and `loadgen bare-server`, from flags or
-//! environment (`loadgen broker`'s own flags are in [`crate::broker`]).
+//! The command line: `loadgen run`, `loadgen chaos`, `loadgen bare-server` and `loadgen broker`,
+//! from flags or environment, and the parsers of their values.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -10,7 +10,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 use serde::{Deserialize, Serialize};
 
-/// Load generator for the user-data service: the seed's read-heavy workload against any
+/// Load generator for the user-data service: the target read-heavy workload against any
 /// deployment, with latency percentiles, visibility lag and a plot.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "loadgen", version, about)]
@@ -30,7 +30,7 @@ pub enum Command {
     BareServer(BareServerConfig),
     /// Append to and read from a Kafka topic directly, with no service in between: the
     /// broker's own ceiling, which every write figure is a fraction of.
-    Broker(Box<crate::broker::BrokerConfig>),
+    Broker(Box<BrokerConfig>),
 }
 
 /// Open loop sends on a fixed schedule whatever the server does; closed loop sends each
@@ -85,7 +85,7 @@ pub struct RunConfig {
           value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub connections: u32,
 
-    /// Reads per write (100 is the seed's 100:1).
+    /// Reads per write (the target load reads 100 times per write).
     #[arg(long, env = "LOADGEN_READ_RATIO", default_value_t = 100.0, value_parser = parse_non_negative)]
     pub read_ratio: f64,
 
@@ -269,8 +269,59 @@ pub struct BareServerConfig {
     pub addr: SocketAddr,
 }
 
+/// `loadgen broker`.
+#[derive(Debug, Clone, Parser)]
+pub struct BrokerConfig {
+    /// The broker's bootstrap address.
+    #[arg(long, env = "LOADGEN_BROKERS", default_value = "127.0.0.1:9092")]
+    pub brokers: String,
+
+    /// The topic to fill; created with --partitions unless it exists. Use a topic of its own:
+    /// the final read takes every record in it.
+    #[arg(long, env = "LOADGEN_BROKER_TOPIC", default_value = "loadgen-broker")]
+    pub topic: String,
+
+    /// Partitions of a topic this creates (as many as the command API creates by default).
+    #[arg(long, env = "LOADGEN_BROKER_PARTITIONS", default_value_t = 12,
+          value_parser = clap::value_parser!(i32).range(1..))]
+    pub partitions: i32,
+
+    /// How long to append, after the warm-up.
+    #[arg(long, env = "LOADGEN_BROKER_DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub duration: Duration,
+
+    /// Appends before measuring starts, not counted.
+    #[arg(long, env = "LOADGEN_BROKER_WARMUP", default_value = "5s", value_parser = parse_duration)]
+    pub warmup: Duration,
+
+    /// Records awaiting their acknowledgement at once (as many as the command API's
+    /// concurrent writes under a closed loop of that many connections).
+    #[arg(long, env = "LOADGEN_BROKER_IN_FLIGHT", default_value_t = 64)]
+    pub in_flight: usize,
+
+    /// Records per second on a fixed schedule; 0 appends flat out.
+    #[arg(long, env = "LOADGEN_BROKER_RATE", default_value_t = 0.0, value_parser = parse_non_negative)]
+    pub rate: f64,
+
+    /// Bytes of each record's value.
+    #[arg(long, env = "LOADGEN_BROKER_VALUE_BYTES", default_value_t = 1024)]
+    pub value_bytes: usize,
+
+    /// The projector's `KAFKA_FETCH_WAIT_MS` for the tailing consumer.
+    #[arg(long, env = "LOADGEN_BROKER_FETCH_WAIT_MS", default_value_t = 10)]
+    pub fetch_wait_ms: u32,
+
+    /// Skip the final read of the whole topic from its start.
+    #[arg(long, env = "LOADGEN_BROKER_NO_READ_BACK")]
+    pub no_read_back: bool,
+
+    /// Write the report as JSON here.
+    #[arg(long, env = "LOADGEN_BROKER_JSON")]
+    pub json: Option<PathBuf>,
+}
+
 /// A duration such as `60s`, `500ms`, `2m`, `1h`, `1.5s`, or a plain number of seconds.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
+fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let split = text
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
@@ -310,7 +361,7 @@ fn parse_positive(text: &str) -> Result<f64, String> {
     }
 }
 
-pub fn parse_non_negative(text: &str) -> Result<f64, String> {
+fn parse_non_negative(text: &str) -> Result<f64, String> {
     let value = parse_number(text)?;
     if value >= 0.0 {
         Ok(value)
@@ -478,7 +529,7 @@ mod tests {
     }
 
     #[test]
-    fn run_defaults_are_the_seed_workload() {
+    fn run_defaults_are_the_target_workload() {
         let config = run_config(&[]).expect("defaults parse");
         if std::env::var_os("LOADGEN_READ_RATIO").is_none() {
             assert_eq!(config.read_ratio, 100.0);

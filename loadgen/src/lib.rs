@@ -1,5 +1,5 @@
-//! The load generator: the seed's workload (100 reads per write, 1 KB posts, Zipf-skewed
-//! popularity) against any deployment of the user-data service, with honest latencies.
+//! The load generator: the target workload of the user-data service (100 reads per write, 1 KB
+//! posts, Zipf-skewed popularity) against any deployment of it, with honest latencies.
 //!
 //! ```text
 //! # The stack of `./dev up`: seed 1000 users and 10 000 posts, warm up 5 s, measure 60 s with
@@ -34,26 +34,32 @@
 //! `chaos`, 0 when every check passed and 1 when one failed. It is 2 when a command could not
 //! run at all (for instance, seeding or sign-ups could not reach the API).
 //!
-//! Layout:
-//! - [`config`]: the command line ([`Cli`], [`RunConfig`], [`BareServerConfig`]).
+//! Layout, from what `main` runs down to what everything shares:
+//! - here: [`execute`] (what `main` runs) and [`run_and_report`].
 //! - [`runner`]: one run: population, the open or closed loop, the lag probes, progress.
-//! - [`population`]: the users and posts, seeded, reused from a file, or made up.
-//! - [`workload`]: which request comes next and whether its answer is a success.
-//! - [`schedule`]: the open loop's arrival times and where latency is counted from.
-//! - [`client`]: one keep-alive HTTP/1.1 connection per task (hyper, no pool).
-//! - [`sampling`]: the seeded generator and the Zipf sampler.
-//! - [`recorder`]: histograms and counters per operation, per second and overall.
 //! - [`report`]: the table and the JSON; [`plot`]: the SVG.
+//! - [`workload`]: which request comes next and whether its answer is a success.
+//! - [`population`]: the users and posts, seeded, reused from a file, or made up.
+//! - [`recorder`]: histograms and counters per operation, per second and overall.
 //! - [`chaos`]: `loadgen chaos`, the fault-injection run's load and checks.
 //! - [`bare_server`]: `loadgen bare-server`.
 //! - [`broker`]: `loadgen broker`, the broker's own ceiling with a plain Kafka client.
-//! - here: [`execute`] (what `main` runs) and [`run_and_report`].
+//! - [`config`]: the command line ([`Cli`], [`RunConfig`], [`ChaosConfig`],
+//!   [`BareServerConfig`], [`BrokerConfig`]) and the parsers of its values.
+//! - [`contract`]: what is sent and read of contract v1: the headers, the `202 Accepted` body,
+//!   a post's body and the text posts are filled with.
+//! - [`operation`]: the kinds of request the report counts separately.
+//! - [`schedule`]: the open loop's arrival times and where latency is counted from.
+//! - [`client`]: one keep-alive HTTP/1.1 connection per task (hyper, no pool).
+//! - [`sampling`]: the seeded generator and the Zipf sampler.
+//! - [`status_line`]: the progress line on stderr.
 
 pub mod bare_server;
 pub mod broker;
 pub mod chaos;
 pub mod client;
 pub mod config;
+pub mod contract;
 pub mod operation;
 pub mod plot;
 pub mod population;
@@ -71,7 +77,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 
 pub use bare_server::BareServer;
-pub use config::{BareServerConfig, ChaosConfig, Cli, Command, Mode, RunConfig};
+pub use config::{BareServerConfig, BrokerConfig, ChaosConfig, Cli, Command, Mode, RunConfig};
 pub use operation::Operation;
 pub use report::Report;
 

@@ -14,24 +14,22 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
-use hyper::header::{AUTHORIZATION, HeaderName};
+use hyper::header::AUTHORIZATION;
 use hyper::{Method, StatusCode};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::client::{Connection, Endpoint, RequestBuilder, TransportError};
+use crate::contract::{Accepted, CONSISTENCY_TOKEN, IDEMPOTENCY_KEY, PostBody, post_text};
 use crate::sampling::Rng;
 use crate::status_line::StatusLine;
-use crate::workload::{Accepted, CONSISTENCY_TOKEN, PostBody};
-
-const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 
 /// Format tag of the population file, so a file from an incompatible release is refused.
 const FILE_FORMAT: &str = "loadgen-population/1";
 
 /// A user of the population, with the access token its sign-up answered: every write of the user
-/// sends it. A file from before the command API issued tokens has none, and a writing run seeds
-/// anew rather than use it.
+/// sends it. A user without one cannot write, so a writing run seeds anew rather than use a file
+/// that holds such users.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct User {
     pub id: Uuid,
@@ -212,7 +210,7 @@ pub async fn seed(
         // Keys make retries after a 503 or a lost answer safe; the nonce keeps two seedings of
         // the same deployment from folding into one population.
         nonce: Uuid::now_v7().simple().to_string(),
-        post_text: crate::workload::post_text(plan.post_bytes),
+        post_text: post_text(plan.post_bytes),
         progress: SeedProgress::default(),
     });
     let reporter = tokio::spawn(Arc::clone(&seeder).report_progress());

@@ -15,6 +15,7 @@ use tokio::time::sleep_until;
 
 use crate::client::{Connection, Endpoint};
 use crate::config::{Mode, RunConfig};
+use crate::contract::CONSISTENCY_TOKEN;
 use crate::operation::Operation;
 use crate::population::{self, Population, SeedPlan};
 use crate::recorder::{Failure, Outcome, Recorder, Snapshot};
@@ -22,7 +23,7 @@ use crate::report::{Parameters, Report};
 use crate::sampling::Rng;
 use crate::schedule::{Schedule, TIMER_SLACK, latency_origin};
 use crate::status_line::StatusLine;
-use crate::workload::{CONSISTENCY_TOKEN, Connections, LagProbe, Workload, transport_failure};
+use crate::workload::{Connections, LagProbe, Workload, transport_failure};
 
 /// Sampled writes waiting for a probe; past this many, samples are dropped (and counted).
 const LAG_QUEUE: usize = 4096;
@@ -158,8 +159,8 @@ async fn obtain_population(
         let population = Population::load(path)?;
         let tokenless = population.users.iter().any(|u| u.access_token.is_none());
         if tokenless && config.read_share() < 1.0 {
-            // Every write needs its user's token; a file seeded before the command API issued
-            // them (or under keys it no longer has) cannot write.
+            // Every write needs its user's token; a file whose users have none (or tokens signed
+            // with keys the command API no longer has) cannot write.
             eprintln!(
                 "the population of {} has users without access tokens, which writes need; \
                  seeding a new one",

@@ -1,65 +1,29 @@
 //! [`Workload`]: which request comes next and what its answer means. Drawing the operation, the
 //! item (Zipf over the population) and the body, sending it, and judging the answer.
 //!
-//! Writes touch the population only in ways that keep it readable: edits change seeded posts,
+//! Writes touch the population only in ways that keep it readable: edits change the population's posts,
 //! deletes remove only posts this run created. So every read of the population should be a 200,
 //! and a 404 is an error, unless it is a post this run deleted.
 
 use std::collections::HashSet;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use hyper::header::HeaderName;
 use hyper::{Method, StatusCode};
-use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use crate::client::{Answer, Connection, Endpoint, TransportError};
 use crate::config::RunConfig;
+use crate::contract::{Accepted, PostBody, post_text};
 use crate::operation::Operation;
 use crate::population::{Population, Post};
 use crate::recorder::{Failure, Outcome};
 use crate::sampling::{Rng, Zipf};
 
-pub const CONSISTENCY_TOKEN: HeaderName = HeaderName::from_static("consistency-token");
-
-/// Items per page on the list reads, as the seed's pages.
+/// Items per page on the list reads: the API's default page.
 const PAGE_LIMIT: u32 = 20;
-
-/// The body of a `202 Accepted` (contract v1), plus the token issue 5 adds to sign-ups.
-#[derive(Debug, Clone, Deserialize)]
-pub struct Accepted {
-    pub command_id: Uuid,
-    pub aggregate_id: Uuid,
-    pub consistency_token: String,
-    #[serde(default)]
-    pub access_token: Option<String>,
-}
-
-/// A post's create or edit body.
-#[derive(Debug, Serialize)]
-pub struct PostBody<'a> {
-    pub title: &'a str,
-    pub body: &'a str,
-}
-
-impl PostBody<'_> {
-    pub fn encode(&self) -> Bytes {
-        // Two strings into a JSON object: serialising cannot fail.
-        Bytes::from(serde_json::to_vec(self).unwrap_or_default())
-    }
-}
-
-/// `len` bytes of plain ASCII prose, the same every time: post bodies of the size the seed
-/// assumes (1 KB per write), with nothing JSON has to escape.
-pub fn post_text(len: usize) -> String {
-    const PROSE: &str = "Traffic is not evenly distributed, so the hottest posts are read far \
-        more often than the rest; every write becomes an event in the log before it is decided. ";
-    PROSE.chars().cycle().take(len).collect()
-}
 
 /// A post this run created, which the run may delete.
 #[derive(Debug, Clone, Copy)]
@@ -287,7 +251,10 @@ impl Workload {
     }
 
     fn was_deleted(&self, id: Uuid) -> bool {
-        lock(&self.deleted).contains(&id)
+        self.deleted
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(&id)
     }
 
     async fn create(
@@ -311,10 +278,13 @@ impl Workload {
         let answer = connections.command.send(request, self.timeout).await;
         let (outcome, accepted) = judge_write(answer);
         if let Some(accepted) = accepted {
-            lock(&self.created).push(CreatedPost {
-                id: accepted.aggregate_id,
-                author,
-            });
+            self.created
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(CreatedPost {
+                    id: accepted.aggregate_id,
+                    author,
+                });
             self.maybe_probe(accepted, rng, lag, started);
         }
         outcome
@@ -356,7 +326,10 @@ impl Workload {
     ) -> Outcome {
         let author = &self.population.users[post.author];
         // Marked before sending: a read racing the delete may already see it gone.
-        lock(&self.deleted).insert(post.id);
+        self.deleted
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(post.id);
         let path = format!("/v1/users/{}/posts/{}", author.id, post.id);
         let request = author.authorize(
             connections
@@ -374,7 +347,7 @@ impl Workload {
 
     /// A post this run created, chosen at random and removed from the candidates.
     fn take_created(&self, rng: &mut Rng) -> Option<CreatedPost> {
-        let mut created = lock(&self.created);
+        let mut created = self.created.lock().unwrap_or_else(PoisonError::into_inner);
         if created.is_empty() {
             return None;
         }
@@ -436,35 +409,16 @@ pub fn transport_failure(error: &TransportError) -> Failure {
     }
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
     use clap::Parser;
 
     fn config(args: &[&str]) -> RunConfig {
         let mut all = vec!["run"];
         all.extend_from_slice(args);
         RunConfig::try_parse_from(all).expect("config")
-    }
-
-    #[test]
-    fn post_text_has_the_asked_size_and_needs_no_escaping() {
-        let text = post_text(1024);
-        assert_eq!(text.len(), 1024);
-        assert!(text.bytes().all(|b| b.is_ascii_graphic() || b == b' '));
-        assert!(!text.contains('"') && !text.contains('\\'));
-        let encoded = PostBody {
-            title: "t",
-            body: &text,
-        }
-        .encode();
-        assert!(encoded.len() > 1024);
     }
 
     #[test]
@@ -506,7 +460,11 @@ mod tests {
     fn a_404_is_an_error_unless_this_run_deleted_the_post() {
         let workload = Workload::new(&config(&[]), Population::made_up(2, 2, &mut Rng::new(1)));
         let gone = Uuid::now_v7();
-        lock(&workload.deleted).insert(gone);
+        workload
+            .deleted
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(gone);
         let not_found = || {
             Ok(Answer {
                 status: StatusCode::NOT_FOUND,

@@ -3,7 +3,7 @@
 //! 1. **Decode** every record; what is not an event becomes a dead letter.
 //! 2. **Load**, in one statement per table, every row the batch's events can read: the decisions
 //!    of their command ids, the holders of their idempotency keys, their users and their posts.
-//! 3. **Decide** each event in log order with [`decide`], against a [`WorkingSet`] of those rows
+//! 3. **Decide** each event in log order with [`decide`], against a `WorkingSet` of those rows
 //!    that each applied event updates in memory, so that later events of the batch see earlier
 //!    ones exactly as they would after a commit.
 //! 4. **Write** the final state of every changed row and every new decision, key, history entry
@@ -21,7 +21,9 @@ use sqlx::{PgConnection, Row};
 use uuid::Uuid;
 
 use crate::decide::{Aggregate, Decision, Given, Reason, decide};
-use crate::store::{BatchOutcome, Record, StoreError};
+use crate::error::StoreError;
+use crate::outcome::BatchOutcome;
+use crate::record::{DeadLetter, Record};
 
 /// A user row as the read model holds it.
 #[derive(Debug, Clone)]
@@ -49,12 +51,6 @@ struct PostRow {
     author_deleted: bool,
 }
 
-/// A record that will not be projected, and why.
-pub struct DeadLetter<'a> {
-    pub record: &'a Record,
-    pub error: String,
-}
-
 /// The rows a batch reads, as its events change them, and what it will write.
 #[derive(Default)]
 struct WorkingSet {
@@ -71,7 +67,7 @@ struct WorkingSet {
 }
 
 /// Decides and applies `records` (all fresh, in log order per partition) on `conn`. The `live`
-/// projector decides each event in a span of its own ([`event_span`]); a replay does not (a
+/// projector decides each event in a span of its own (`event_span`); a replay does not (a
 /// rebuild would add a million spans to old traces, or make a million new ones).
 pub async fn project(
     conn: &mut PgConnection,

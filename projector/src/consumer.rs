@@ -1,4 +1,4 @@
-//! The Kafka side: a consumer-group member that reads batches and hands them to the [`Store`].
+//! The Kafka side: a consumer-group member that reads batches and hands them to the [`Store`](crate::store::Store).
 //!
 //! The loop runs on a thread of its own: librdkafka's rebalance callback runs inside `poll`, and
 //! on an assignment it must block until PostgreSQL has told it where to resume (the stored
@@ -7,23 +7,23 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::KafkaResult;
-use rdkafka::message::{Headers, Message};
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::runtime::Handle;
 
-use crate::Config;
-use crate::metrics::Progress;
-use crate::store::{ActiveStore, BatchOutcome, Claim, Record, StoreError};
-
-/// The partitions this instance owns right now, and its claim on each.
-pub type Ownership = Arc<Mutex<BTreeMap<i32, Claim>>>;
+use crate::config::Config;
+use crate::error::StoreError;
+use crate::metrics::ConsumerMetrics;
+use crate::outcome::BatchOutcome;
+use crate::ownership::{Claim, Ownership, owned_partitions};
+use crate::record::Record;
+use crate::store::ActiveStore;
 
 /// How often the stored offsets are also committed to Kafka, for tools that show group lag.
 const KAFKA_COMMIT_EVERY: Duration = Duration::from_secs(1);
@@ -67,7 +67,7 @@ impl ConsumerContext for Rebalancer {
                 };
                 if let Some(problem) = self.read_model_ahead_of_log(consumer, &claims) {
                     tracing::error!("{problem}");
-                    *lock(&self.failure) = Some(problem);
+                    *self.failure.lock().unwrap_or_else(PoisonError::into_inner) = Some(problem);
                     self.stopping.store(true, Ordering::Relaxed);
                     return;
                 }
@@ -77,18 +77,29 @@ impl ConsumerContext for Rebalancer {
                     return;
                 }
                 tracing::info!(?claims, "partitions assigned");
-                *lock(&self.ownership) = claims;
+                *self
+                    .ownership
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner) = claims;
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
-                tracing::info!(partitions = ?lock(&self.ownership).keys().collect::<Vec<_>>(), "partitions revoked");
-                lock(&self.ownership).clear();
+                let revoked = std::mem::take(
+                    &mut *self
+                        .ownership
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner),
+                );
+                tracing::info!(partitions = ?revoked.keys().collect::<Vec<_>>(), "partitions revoked");
                 if let Err(e) = consumer.unassign() {
                     tracing::error!(error = %e, "cannot unassign partitions");
                 }
             }
             other => {
                 tracing::error!(error = ?other, "rebalance failed");
-                lock(&self.ownership).clear();
+                self.ownership
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .clear();
                 let _ = consumer.unassign();
             }
         }
@@ -142,10 +153,6 @@ impl Rebalancer {
     }
 }
 
-pub fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
 /// An assignment that starts each partition at its claimed offset.
 fn positioned(topic: &str, claims: &BTreeMap<i32, Claim>) -> TopicPartitionList {
     let mut tpl = TopicPartitionList::new();
@@ -154,26 +161,6 @@ fn positioned(topic: &str, claims: &BTreeMap<i32, Claim>) -> TopicPartitionList 
         let _ = tpl.add_partition_offset(topic, *partition, Offset::Offset(claim.next_offset));
     }
     tpl
-}
-
-impl Record {
-    /// Copies a consumed message out of librdkafka's buffer.
-    pub fn from_message(message: &impl Message) -> Record {
-        Record {
-            partition: message.partition(),
-            offset: message.offset(),
-            key: message.key().map(<[u8]>::to_vec),
-            payload: message.payload().map(<[u8]>::to_vec),
-            headers: message
-                .headers()
-                .map(|hs| {
-                    hs.iter()
-                        .map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec)))
-                        .collect()
-                })
-                .unwrap_or_default(),
-        }
-    }
 }
 
 /// Exponential backoff for retries against a dependency that is down.
@@ -202,7 +189,7 @@ pub struct Projector {
     batch_size: usize,
     ownership: Ownership,
     stopping: Arc<AtomicBool>,
-    progress: Arc<Progress>,
+    metrics: Arc<ConsumerMetrics>,
     /// Set by the [`StallGuard`](crate::stall::StallGuard) when the group must be joined again.
     rejoin: Arc<AtomicBool>,
     kafka_commit: Mutex<KafkaCommit>,
@@ -214,7 +201,7 @@ impl Projector {
         store: ActiveStore,
         runtime: Handle,
         stopping: Arc<AtomicBool>,
-        progress: Arc<Progress>,
+        metrics: Arc<ConsumerMetrics>,
         rejoin: Arc<AtomicBool>,
     ) -> KafkaResult<(Projector, Ownership)> {
         let ownership = Ownership::default();
@@ -256,7 +243,7 @@ impl Projector {
             batch_size: config.batch_size as usize,
             ownership: ownership.clone(),
             stopping,
-            progress,
+            metrics,
             rejoin,
             kafka_commit: Mutex::new(KafkaCommit {
                 offsets: BTreeMap::new(),
@@ -288,7 +275,14 @@ impl Projector {
             self.commit_to_kafka(&BTreeMap::new());
         }
         tracing::info!("projector stopped");
-        match lock(&self.consumer.context().failure).take() {
+        match self
+            .consumer
+            .context()
+            .failure
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        {
             Some(failure) => Err(failure),
             None => Ok(()),
         }
@@ -339,7 +333,10 @@ impl Projector {
                 Err(e) => tracing::warn!(error = %e, "consumer error"),
             }
         }
-        let ownership = lock(&self.ownership);
+        let ownership = self
+            .ownership
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         batch.retain(|r| {
             ownership
                 .get(&r.partition)
@@ -354,7 +351,11 @@ impl Projector {
         // The batch's lines, and its transaction in a trace, where each event's span links to it.
         let span = tracing::info_span!("batch", records = batch.len());
         let _entered = span.enter();
-        let claims = lock(&self.ownership).clone();
+        let claims = self
+            .ownership
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
         let store = self.store.get();
         let started = Instant::now();
         let mut result = self
@@ -395,13 +396,16 @@ impl Projector {
             .iter()
             .filter(|r| outcome.committed.contains_key(&r.partition))
             .count();
-        self.progress.batch_events.observe(events as f64);
-        self.progress.apply_duration.observe_duration(took);
+        self.metrics.batch_events.observe(events as f64);
+        self.metrics.apply_duration.observe_duration(took);
     }
 
     fn advance(&self, claims: &BTreeMap<i32, Claim>, outcome: BatchOutcome) {
         {
-            let mut ownership = lock(&self.ownership);
+            let mut ownership = self
+                .ownership
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
             for (partition, next_offset) in &outcome.committed {
                 // Only if the claim we committed under is still the one we hold.
                 if let Some(claim) = ownership.get_mut(partition)
@@ -416,20 +420,30 @@ impl Projector {
             }
         }
         self.commit_to_kafka(&outcome.committed);
-        lock(&self.progress.outcome).absorb(outcome);
+        self.metrics
+            .outcome
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .absorb(outcome);
     }
 
     /// Hands the broker the stored offsets, at most once per [`KAFKA_COMMIT_EVERY`]: they are
     /// only for tools that show a group's lag (our own position lives in PostgreSQL), and one
     /// commit per batch would make the group coordinator write tens of times a second.
     fn commit_to_kafka(&self, committed: &BTreeMap<i32, i64>) {
-        let mut pending = lock(&self.kafka_commit);
+        let mut pending = self
+            .kafka_commit
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         pending.offsets.extend(committed);
         if pending.offsets.is_empty() || pending.last.elapsed() < KAFKA_COMMIT_EVERY {
             return;
         }
         // A partition handed over since is its new owner's to commit.
-        let owned = lock(&self.ownership);
+        let owned = self
+            .ownership
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         pending
             .offsets
             .retain(|partition, _| owned.contains_key(partition));
@@ -449,7 +463,7 @@ impl Projector {
     /// Leaves the group and joins it again, so that the coordinator assigns every partition
     /// afresh (asked for by the stall guard, [`crate::stall`]).
     fn rejoin_group(&self) {
-        self.progress.stall_rejoins.fetch_add(1, Ordering::Relaxed);
+        self.metrics.stall_rejoins.fetch_add(1, Ordering::Relaxed);
         // Unsubscribing revokes (through the rebalance callback) and leaves the group; the new
         // subscription joins it again as a new member.
         self.consumer.unsubscribe();
@@ -476,7 +490,7 @@ impl Projector {
     /// After an abandoned batch: wait for PostgreSQL, claim our partitions again and re-read
     /// from the stored offsets. Polling with everything paused keeps our group membership.
     fn resync(&self) {
-        let partitions: Vec<i32> = lock(&self.ownership).keys().copied().collect();
+        let partitions: Vec<i32> = owned_partitions(&self.ownership);
         self.reclaim(partitions);
     }
 
@@ -521,7 +535,10 @@ impl Projector {
                         continue;
                     }
                     tracing::info!(?claims, "database back; resumed from stored offsets");
-                    *lock(&self.ownership) = claims;
+                    *self
+                        .ownership
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner) = claims;
                     return;
                 }
                 Err(e) => tracing::warn!(error = %e, "database still unavailable"),

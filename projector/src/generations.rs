@@ -10,20 +10,27 @@
 //! Rebuilding and dropping take one session-level advisory lock, so that two rebuilds never
 //! project into the same generation and a generation is never dropped under a rebuild.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use chrono::{DateTime, Utc};
+use events::progress::FIRST_GENERATION;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{Connection, PgConnection, PgPool};
 
 use crate::config::{Config, DropGenerationArgs};
-use crate::verify::{LIVE_SCHEMA, LOCK_TIMEOUT};
 
-/// Prefix of every generation schema but the live one.
+/// The catalogue, in `public` beside the first generation's read model: every database has it,
+/// whichever generation is active.
+pub const CATALOGUE: &str = "public.read_model_generations";
+/// Prefix of every generation schema but the first one.
 pub const GENERATION_PREFIX: &str = "generation_";
+/// Bound on waiting for a lock on the live database (its offsets table, or a schema being
+/// dropped): the live projector's commits queue behind the wait.
+pub(crate) const LOCK_TIMEOUT: &str = "30s";
 /// The advisory lock key held by a rebuild and by drop-generation: "rebuild" in ASCII.
 const GENERATIONS_LOCK: i64 = 0x0072_6562_7569_6c64;
 
@@ -133,17 +140,17 @@ type CatalogueRow = (
     Option<i64>,
 );
 
-/// Every catalogued generation, oldest first (the live one first of all).
+/// Every catalogued generation, oldest first (the first one, `public`, first of all).
 pub async fn list(live: &PgPool) -> anyhow::Result<Vec<Generation>> {
     let rows: Vec<CatalogueRow> = sqlx::query_as(&format!(
-        "SELECT name, state, created_at, completed_at, events
-             FROM {LIVE_SCHEMA}.read_model_generations"
+        "SELECT name, state, created_at, completed_at, events FROM {CATALOGUE}"
     ))
     .fetch_all(live)
     .await
     .context("cannot read the generations catalogue (is the database migrated?)")?;
-    let live_events: i64 = sqlx::query_scalar(&format!(
-        "SELECT coalesce(sum(next_offset), 0)::bigint FROM {LIVE_SCHEMA}.projector_offsets"
+    // The first generation's row counts no events: its offsets do.
+    let first_events: i64 = sqlx::query_scalar(&format!(
+        "SELECT coalesce(sum(next_offset), 0)::bigint FROM {FIRST_GENERATION}.projector_offsets"
     ))
     .fetch_one(live)
     .await?;
@@ -151,7 +158,11 @@ pub async fn list(live: &PgPool) -> anyhow::Result<Vec<Generation>> {
         .into_iter()
         .map(|(name, state, created_at, completed_at, events)| {
             Ok(Generation {
-                events: events.unwrap_or(if name == LIVE_SCHEMA { live_events } else { 0 }),
+                events: events.unwrap_or(if name == FIRST_GENERATION {
+                    first_events
+                } else {
+                    0
+                }),
                 state: GenerationState::parse(&state)?,
                 name,
                 created_at,
@@ -161,7 +172,7 @@ pub async fn list(live: &PgPool) -> anyhow::Result<Vec<Generation>> {
         .collect::<anyhow::Result<Vec<_>>>()?;
     generations.sort_by_key(|g| {
         (
-            g.name != LIVE_SCHEMA,
+            g.name != FIRST_GENERATION,
             generation_number(&g.name),
             g.created_at,
         )
@@ -201,7 +212,7 @@ pub(crate) async fn resume_or_create(live: &PgPool) -> anyhow::Result<(String, b
     let name = format!("{GENERATION_PREFIX}{next}");
     let mut tx = live.begin().await?;
     sqlx::query(&format!(
-        "INSERT INTO {LIVE_SCHEMA}.read_model_generations (name, state) VALUES ($1, 'building')"
+        "INSERT INTO {CATALOGUE} (name, state) VALUES ($1, 'building')"
     ))
     .bind(&name)
     .execute(&mut *tx)
@@ -222,7 +233,7 @@ pub(crate) async fn record(
     events: i64,
 ) -> anyhow::Result<()> {
     sqlx::query(&format!(
-        "UPDATE {LIVE_SCHEMA}.read_model_generations
+        "UPDATE {CATALOGUE}
          SET state = $2, events = $3,
              completed_at = CASE WHEN $2 = 'building' THEN NULL ELSE now() END
          WHERE name = $1 AND state = 'building'"
@@ -253,6 +264,62 @@ pub(crate) async fn events_in(live: &PgPool, name: &str, topic: &str) -> anyhow:
     .fetch_one(live)
     .await?;
     Ok(events)
+}
+
+/// The active generation as the catalogue says, or the first one (`public`) when the database
+/// has no catalogue yet.
+pub async fn active_generation(pool: &PgPool) -> Result<String, sqlx::Error> {
+    let has_catalogue: bool =
+        sqlx::query_scalar(&format!("SELECT to_regclass('{CATALOGUE}') IS NOT NULL"))
+            .fetch_one(pool)
+            .await?;
+    if !has_catalogue {
+        return Ok(FIRST_GENERATION.to_owned());
+    }
+    let active: Option<String> = sqlx::query_scalar(&format!(
+        "SELECT name FROM {CATALOGUE} WHERE state = 'active'"
+    ))
+    .fetch_optional(pool)
+    .await?;
+    Ok(active.unwrap_or_else(|| FIRST_GENERATION.to_owned()))
+}
+
+/// Next offset per partition stored in `schema`'s `projector_offsets`, 0 for a partition with
+/// no row. A row for a partition the topic does not have is an error.
+pub(crate) async fn offsets_of<'c, E>(
+    executor: E,
+    schema: &str,
+    topic: &str,
+    partitions: &[i32],
+) -> anyhow::Result<BTreeMap<i32, i64>>
+where
+    E: sqlx::PgExecutor<'c>,
+{
+    let rows: Vec<(i32, i64)> = sqlx::query_as(&format!(
+        "SELECT partition, next_offset FROM {schema}.projector_offsets WHERE topic = $1"
+    ))
+    .bind(topic)
+    .fetch_all(executor)
+    .await?;
+    let mut offsets: BTreeMap<i32, i64> = partitions.iter().map(|p| (*p, 0)).collect();
+    for (partition, next_offset) in rows {
+        let Some(slot) = offsets.get_mut(&partition) else {
+            bail!(
+                "{schema}.projector_offsets has partition {partition}, which topic {topic:?} does not have"
+            );
+        };
+        *slot = next_offset;
+    }
+    Ok(offsets)
+}
+
+/// `0:12 1:40`: partition and next offset.
+pub(crate) fn offsets_text(offsets: &BTreeMap<i32, i64>) -> String {
+    offsets
+        .iter()
+        .map(|(p, o)| format!("{p}:{o}"))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Why a generation was not dropped.
@@ -296,7 +363,7 @@ async fn drop_locked(live: &PgPool, name: &str) -> anyhow::Result<Result<(), Dro
         .execute(&mut *tx)
         .await?;
     let state: Option<String> = sqlx::query_scalar(&format!(
-        "SELECT state FROM {LIVE_SCHEMA}.read_model_generations WHERE name = $1 FOR UPDATE"
+        "SELECT state FROM {CATALOGUE} WHERE name = $1 FOR UPDATE"
     ))
     .bind(name)
     .fetch_optional(&mut *tx)
@@ -317,12 +384,10 @@ async fn drop_locked(live: &PgPool, name: &str) -> anyhow::Result<Result<(), Dro
         .execute(&mut *tx)
         .await
         .with_context(|| format!("cannot drop schema {name}"))?;
-    sqlx::query(&format!(
-        "DELETE FROM {LIVE_SCHEMA}.read_model_generations WHERE name = $1"
-    ))
-    .bind(name)
-    .execute(&mut *tx)
-    .await?;
+    sqlx::query(&format!("DELETE FROM {CATALOGUE} WHERE name = $1"))
+        .bind(name)
+        .execute(&mut *tx)
+        .await?;
     tx.commit().await?;
     tracing::info!(generation = name, "generation dropped");
     Ok(Ok(()))

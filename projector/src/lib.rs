@@ -8,36 +8,51 @@
 //! applies nothing twice; because the decision reads only the partition's own state, a replay
 //! of the log reproduces every decision.
 //!
+//! The modules, from the bottom up (each uses only modules listed before it):
+//!
+//! - [`config`]: flags and environment variables.
 //! - [`decide`]: the pure decision, every rule of the contract, with given/when/then tests.
-//! - [`store`]: PostgreSQL: migrations, partition claims, the batch transaction.
+//! - [`record`]: a record of the log as the projector holds it, and a dead letter.
+//! - [`ownership`]: this instance's claims on partitions, and the partitions it owns.
+//! - [`error`]: how writing the read model fails (retry later, or isolate the record).
+//! - [`outcome`]: what a committed batch did, overall and per partition.
+//! - [`log_ends`]: each owned partition's log end, heard from the broker by a thread of its own,
+//!   for the lag and the status page.
+//! - [`generations`]: read-model generations and their catalogue; `projector generations` and
+//!   `projector drop-generation`.
 //! - [`batch`]: how a batch of records becomes rows: load, decide in memory, write in bulk.
-//! - [`consumer`]: the Kafka consumer loop on its own thread, and the rebalance callback that
-//!   claims partitions and resumes from the stored offsets.
+//! - [`store`]: PostgreSQL: migrations, partition claims, the batch transaction; the live
+//!   projector follows a switch through [`store::ActiveStore`].
+//! - [`metrics`]: what `/metrics` shows, and the watcher of rebuilds in progress.
 //! - [`stall`]: the watch on partitions nobody projects (a coordinator that lost an assignment),
 //!   on a thread of its own, which makes the instance rejoin the group.
-//! - [`config`]: flags and environment variables.
-//! - [`metrics`]: what `/metrics` shows, and the watchers of the log ends (for the lag) and of
-//!   rebuilds in progress.
+//! - [`consumer`]: the Kafka consumer loop on its own thread, and the rebalance callback that
+//!   claims partitions and resumes from the stored offsets.
+//! - `replay`: the log projected again into a store other than the live one, read by
+//!   hand-assigned partitions, with progress bars or log lines; for verify, rebuild and switch.
+//! - [`compare`]: a replayed read model caught up with the live one and compared with it at one
+//!   point of the log; for verify and rebuild.
 //! - [`verify`]: `projector verify`, which projects the log again into a scratch schema and
 //!   compares it with the live read model at the same offsets.
 //! - [`rebuild`]: `projector rebuild`, which projects the log into a new read-model generation
 //!   (resumably) and verifies it the way `verify` does.
-//! - [`generations`]: the generations' catalogue; `projector generations` and
-//!   `projector drop-generation`.
-//! - [`switch`]: `projector switch`, which makes a ready generation the active one; the live
-//!   projector follows it through [`store::ActiveStore`].
-//! - `replay`: what verify and rebuild share: the log read by hand-assigned partitions, the
-//!   projection into a store other than the live one, progress bars or log lines.
+//! - [`switch`]: `projector switch`, which makes a ready generation the active one.
 //!
 //! Over HTTP it serves only `/healthz`, `/readyz` and `/metrics`.
 
 pub mod batch;
+pub mod compare;
 pub mod config;
 pub mod consumer;
 pub mod decide;
+pub mod error;
 pub mod generations;
+pub mod log_ends;
 pub mod metrics;
+pub mod outcome;
+pub mod ownership;
 pub mod rebuild;
+pub mod record;
 mod replay;
 pub mod stall;
 pub mod store;
@@ -46,8 +61,8 @@ pub mod verify;
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
 use axum::extract::State;
@@ -61,8 +76,10 @@ use tokio::sync::oneshot;
 
 use anyhow::Context as _;
 pub use config::Config;
-use consumer::{Ownership, Projector};
-use metrics::{LogEndWatch, LogEnds, Progress, RebuildProgress};
+use consumer::Projector;
+use log_ends::{LogEndWatch, LogEnds};
+use metrics::{ConsumerMetrics, RebuildProgress};
+use ownership::Ownership;
 pub use replay::{LogSource, RecordedLog};
 use stall::StallGuard;
 use store::{ActiveStore, Store};
@@ -103,7 +120,7 @@ impl Application {
         migrate(&store).await?;
         // The live read model is the catalogue's active generation; a switch is followed later,
         // when a batch finds itself fenced.
-        let active = store::active_generation(store.pool())
+        let active = generations::active_generation(store.pool())
             .await
             .context("cannot read the active read-model generation")?;
         let store = if active == store.schema() {
@@ -133,14 +150,14 @@ impl Application {
         );
         let stopping = Arc::new(AtomicBool::new(false));
         let metrics = Metrics::default();
-        let progress = Arc::new(Progress::new(&metrics));
+        let consumer_metrics = Arc::new(ConsumerMetrics::new(&metrics));
         let rejoin = Arc::new(AtomicBool::new(false));
         let (projector, ownership) = Projector::new(
             &config,
             store.clone(),
             tokio::runtime::Handle::current(),
             stopping.clone(),
-            progress.clone(),
+            consumer_metrics.clone(),
             rejoin.clone(),
         )?;
         let stall_guard = StallGuard::new(
@@ -154,7 +171,13 @@ impl Application {
         )?;
         let consumer_alive = Arc::new(AtomicBool::new(true));
         let rebuilds = RebuildProgress::default();
-        metrics::register(&metrics, &progress, &ownership, &log_ends, &rebuilds);
+        metrics::register(
+            &metrics,
+            &consumer_metrics,
+            &ownership,
+            &log_ends,
+            &rebuilds,
+        );
         let log_end_watch = LogEndWatch::new(
             &config.kafka_brokers,
             &config.kafka_topic,
@@ -240,7 +263,7 @@ async fn migrate(store: &Store) -> anyhow::Result<()> {
     loop {
         match store.migrate().await {
             Ok(()) => return Ok(()),
-            Err(sqlx::migrate::MigrateError::Execute(e)) if store::is_transient(&e) => {}
+            Err(sqlx::migrate::MigrateError::Execute(e)) if error::is_transient(&e) => {}
             Err(e) => return Err(anyhow::anyhow!("migrations failed: {e}")),
         }
         tracing::warn!("PostgreSQL unreachable; waiting to apply migrations");
@@ -274,7 +297,10 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
 
 /// The partitions this instance owns and its position in each: for operators and tests.
 async fn partitions(State(state): State<AppState>) -> impl IntoResponse {
-    let owned = consumer::lock(&state.ownership)
+    let owned = state
+        .ownership
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
         .iter()
         .map(|(p, c)| (p.to_string(), c.next_offset))
         .collect::<std::collections::BTreeMap<_, _>>();

@@ -1,17 +1,12 @@
-//! The live projector's metrics on `/metrics`, and the two watchers that feed those the
-//! consumer loop cannot.
+//! The live projector's metrics on `/metrics`, and the watcher of rebuilds that feeds the one
+//! series the consumer loop cannot.
 //!
-//! Counted by the consumer loop ([`Progress`]): decisions by outcome and reason, dead letters,
-//! events per committed batch and the time a batch takes to decide, write and commit.
+//! Counted by the consumer loop ([`ConsumerMetrics`]): decisions by outcome and reason, dead
+//! letters, events per committed batch and the time a batch takes to decide, write and commit.
 //!
 //! - Lag per owned partition (`projector_partition_lag_offsets`) is the log end minus the
-//!   stored next offset. The log ends come from [`LogEndWatch`], a thread with a Kafka
-//!   client of its own that asks the broker for the high watermark of each partition this
-//!   instance owns once a second: one small ListOffsets request per owned partition. Not
-//!   librdkafka's statistics callback nor the fetched batches, because both reach us only
-//!   through the consumer loop's `poll`, which does not run while a batch waits for PostgreSQL:
-//!   the lag would stand still exactly when it grows. Nor the consumer's own `fetch_watermarks`,
-//!   which would put broker round trips on that loop's thread.
+//!   stored next offset. The log ends come from [`LogEndWatch`](crate::log_ends::LogEndWatch),
+//!   off the consumer loop.
 //! - Rebuild progress (`projector_rebuild_progress_ratio{generation}`) is read by
 //!   [`watch_rebuilds`] from the generations catalogue every two seconds: a rebuild's committed
 //!   offsets are in its generation's `projector_offsets`, and it aims at where the active
@@ -19,27 +14,19 @@
 //!   the `projector rebuild` run itself, which is a command nobody scrapes; and an interrupted
 //!   rebuild, left `building` with nothing running, still shows how far it got.
 
-use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use rdkafka::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::KafkaResult;
 use service_kit::metrics::{Histogram, LATENCY_SECONDS, Labels, Metrics};
 
-use crate::consumer::{Ownership, lock};
 use crate::decide::Reason;
-use crate::generations::{self, GenerationState, generation_number};
-use crate::store::{ActiveStore, BatchOutcome};
-use crate::verify::LIVE_SCHEMA;
+use crate::generations::{self, CATALOGUE, GenerationState, generation_number};
+use crate::log_ends::LogEnds;
+use crate::outcome::BatchOutcome;
+use crate::ownership::Ownership;
+use crate::store::ActiveStore;
 
-/// How often the broker is asked for the owned partitions' log ends.
-const LOG_END_LOOK_EVERY: Duration = Duration::from_secs(1);
-/// The bound on one partition's watermark request.
-const LOG_END_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often the generations catalogue is read for rebuilds in progress.
 const REBUILD_LOOK_EVERY: Duration = Duration::from_secs(2);
 
@@ -49,15 +36,12 @@ pub const BATCH_EVENTS: &[f64] = &[
     1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0,
 ];
 
-/// Each owned partition's log end (the offset its next record will get), as last heard.
-pub type LogEnds = Arc<Mutex<BTreeMap<i32, i64>>>;
-
 /// Each `building` generation's progress, as last read.
 pub type RebuildProgress = Arc<Mutex<Vec<(String, f64)>>>;
 
 /// What the consumer loop counts.
 #[derive(Debug)]
-pub struct Progress {
+pub struct ConsumerMetrics {
     /// Decisions, dead letters and positions since start, summed over batches.
     pub outcome: Mutex<BatchOutcome>,
     /// Times this instance left and rejoined the group over a partition nobody projected.
@@ -68,10 +52,10 @@ pub struct Progress {
     pub apply_duration: Histogram,
 }
 
-impl Progress {
+impl ConsumerMetrics {
     /// Registers the batch histograms in `metrics`; [`register`] adds the rest.
-    pub fn new(metrics: &Metrics) -> Progress {
-        Progress {
+    pub fn new(metrics: &Metrics) -> ConsumerMetrics {
+        ConsumerMetrics {
             outcome: Mutex::default(),
             stall_rejoins: Default::default(),
             batch_events: metrics.histogram(
@@ -93,25 +77,33 @@ impl Progress {
 /// Registers the series sampled at scrape time.
 pub fn register(
     metrics: &Metrics,
-    progress: &Arc<Progress>,
+    consumer: &Arc<ConsumerMetrics>,
     ownership: &Ownership,
     log_ends: &LogEnds,
     rebuilds: &RebuildProgress,
 ) {
-    let p = progress.clone();
+    let p = consumer.clone();
     metrics.sampled_counter(
         "projector_decisions_total",
         "Events decided since start, by outcome (applied, rejected, duplicate) and, for \
          rejections, reason.",
-        move || decisions(&lock(&p.outcome)),
+        move || decisions(&p.outcome.lock().unwrap_or_else(PoisonError::into_inner)),
     );
-    let p = progress.clone();
+    let p = consumer.clone();
     metrics.sampled_counter(
         "projector_dead_letters_total",
         "Records that are not events, kept in dead_letters, since start.",
-        move || vec![(Vec::new(), lock(&p.outcome).dead_letters as f64)],
+        move || {
+            vec![(
+                Vec::new(),
+                p.outcome
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .dead_letters as f64,
+            )]
+        },
     );
-    let p = progress.clone();
+    let p = consumer.clone();
     metrics.sampled_counter(
         "projector_stall_rejoins_total",
         "Times this instance rejoined the group because partitions with events to project had no live owner.",
@@ -122,7 +114,8 @@ pub fn register(
         "projector_partition_next_offset",
         "Next offset to decide, per owned partition.",
         move || {
-            lock(&own)
+            own.lock()
+                .unwrap_or_else(PoisonError::into_inner)
                 .iter()
                 .map(|(p, c)| (partition(*p), c.next_offset as f64))
                 .collect()
@@ -134,8 +127,9 @@ pub fn register(
         "Records behind the log end, per owned partition: the log end (as heard at most a \
          second ago) minus the next offset to decide.",
         move || {
-            let ends = lock(&ends);
-            lock(&own)
+            let ends = ends.lock().unwrap_or_else(PoisonError::into_inner);
+            own.lock()
+                .unwrap_or_else(PoisonError::into_inner)
                 .iter()
                 .filter_map(|(p, claim)| {
                     let end = ends.get(p)?;
@@ -150,7 +144,9 @@ pub fn register(
         "Per generation being rebuilt: events it has projected over those the active \
          generation has (0 to 1), as read at most two seconds ago.",
         move || {
-            lock(&rebuilds)
+            rebuilds
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
                 .iter()
                 .map(|(generation, ratio)| (vec![("generation", generation.clone())], *ratio))
                 .collect()
@@ -179,73 +175,6 @@ fn decisions(outcome: &BatchOutcome) -> Vec<(Labels, f64)> {
     series
 }
 
-/// What keeps [`LogEnds`] to the owned partitions' log ends, once [`spawn`](Self::spawn)ed.
-pub struct LogEndWatch {
-    client: BaseConsumer,
-    topic: String,
-    ownership: Ownership,
-    log_ends: LogEnds,
-}
-
-impl LogEndWatch {
-    /// Creates its Kafka client (which connects lazily).
-    pub fn new(
-        brokers: &str,
-        topic: &str,
-        client_id: &str,
-        ownership: Ownership,
-        log_ends: LogEnds,
-    ) -> KafkaResult<LogEndWatch> {
-        // No group: this client only asks for watermarks.
-        let client = ClientConfig::new()
-            .set("bootstrap.servers", brokers)
-            .set("client.id", format!("{client_id}-log-ends"))
-            .create()?;
-        Ok(LogEndWatch {
-            client,
-            topic: topic.to_owned(),
-            ownership,
-            log_ends,
-        })
-    }
-
-    /// Looks once a second on a thread of its own (the client's calls block) until `stopping`
-    /// is set. A partition whose end the broker does not give keeps its last one.
-    pub fn spawn(self, stopping: Arc<AtomicBool>) -> std::io::Result<JoinHandle<()>> {
-        std::thread::Builder::new()
-            .name("projector-log-ends".into())
-            .spawn(move || {
-                while !stopping.load(Ordering::Relaxed) {
-                    self.look();
-                    std::thread::sleep(LOG_END_LOOK_EVERY);
-                }
-            })
-    }
-
-    fn look(&self) {
-        let owned: Vec<i32> = lock(&self.ownership).keys().copied().collect();
-        let previous = lock(&self.log_ends).clone();
-        let mut ends = BTreeMap::new();
-        for p in owned {
-            match self
-                .client
-                .fetch_watermarks(&self.topic, p, LOG_END_TIMEOUT)
-            {
-                Ok((_, end)) => {
-                    ends.insert(p, end);
-                }
-                Err(e) => {
-                    tracing::debug!(partition = p, error = %e, "cannot fetch a log end for the lag");
-                    if let Some(end) = previous.get(&p) {
-                        ends.insert(p, *end);
-                    }
-                }
-            }
-        }
-        *lock(&self.log_ends) = ends;
-    }
-}
-
 /// Keeps `progress` to the progress of each `building` generation, until aborted. Errors (a
 /// database away) leave the last values.
 pub async fn watch_rebuilds(store: ActiveStore, topic: String, progress: RebuildProgress) {
@@ -254,7 +183,7 @@ pub async fn watch_rebuilds(store: ActiveStore, topic: String, progress: Rebuild
     loop {
         every.tick().await;
         match rebuilds_in_progress(&store, &topic).await {
-            Ok(now) => *lock(&progress) = now,
+            Ok(now) => *progress.lock().unwrap_or_else(PoisonError::into_inner) = now,
             Err(e) => tracing::debug!(
                 error = format!("{e:#}"),
                 "cannot read the rebuilds' progress"
@@ -269,7 +198,7 @@ async fn rebuilds_in_progress(
 ) -> anyhow::Result<Vec<(String, f64)>> {
     let live = store.get();
     let building: Vec<String> = sqlx::query_scalar(&format!(
-        "SELECT name FROM {LIVE_SCHEMA}.read_model_generations WHERE state = $1 ORDER BY name"
+        "SELECT name FROM {CATALOGUE} WHERE state = $1 ORDER BY name"
     ))
     .bind(GenerationState::Building.as_str())
     .fetch_all(live.pool())

@@ -2,15 +2,15 @@
 //! against the live read model, without touching the live one.
 //!
 //! 1. The generation: the newest one still `building` is resumed, else `generation_<n+1>` is
-//!    created (see [`generations`](crate::generations)). Its schema gets the unchanged
+//!    created (see [`generations`]). Its schema gets the unchanged
 //!    migrations and its store sends no progress notices, so the query API never takes its
 //!    progress for the live one's.
-//! 2. Bulk projection: a [`Replay`] claims every partition of the generation and reads the log
+//! 2. Bulk projection: a `Replay` claims every partition of the generation and reads the log
 //!    from the generation's own `projector_offsets` (0 for a new one) in large batches
 //!    (`--batch-size`), up to where the live read model stands. Every batch commits with its
 //!    offsets, so an interrupted run (Ctrl-C, kill, `--max-events`) loses nothing and the next
 //!    run resumes from there.
-//! 3. Catch-up and verification, exactly as `verify` does ([`verify::compare_with_live`]): a
+//! 3. Catch-up and verification, exactly as `verify` does (`compare_with_live`): a
 //!    few unlocked rounds towards the moving live position, a short hold of the live
 //!    projector's commits for the last stretch, and a table-by-table comparison of the two
 //!    generations at that one point of the log.
@@ -28,11 +28,11 @@ use std::time::Duration;
 
 use anyhow::{Context, anyhow};
 
+use crate::compare::{Comparison, TableDiff, compare_with_live, write_differences, write_tables};
 use crate::config::{Config, RebuildArgs};
-use crate::generations::{self, GenerationState};
+use crate::generations::{self, GenerationState, offsets_text};
 use crate::replay::{EventLimitReached, LogSource, Replay};
-use crate::store::Store;
-use crate::verify::{self, Comparison, TableDiff};
+use crate::store::{Store, check_live_schema};
 
 /// The generation's owner name in its own `projector_offsets`.
 const REBUILD_OWNER: &str = "rebuild";
@@ -121,7 +121,7 @@ pub async fn rebuild_from(
     interrupted: impl Future<Output = ()>,
 ) -> anyhow::Result<RebuildReport> {
     let live = generations::connect(&config.database_url).await?;
-    verify::check_live_schema(&live).await?;
+    check_live_schema(&live).await?;
     let Some(lock) = generations::try_lock(&config.database_url).await? else {
         anyhow::bail!("another rebuild or drop-generation is running on this database");
     };
@@ -224,7 +224,7 @@ async fn project_and_verify(
     )
     .await?;
     replay.stop_after(args.max_events);
-    let compared = verify::compare_with_live(
+    let compared = compare_with_live(
         config,
         source,
         live,
@@ -261,11 +261,11 @@ impl fmt::Display for RebuildReport {
             f,
             "verified against the live read model at offsets (partition:next offset) {}; live \
              projector held for {} ms",
-            verify::offsets_text(&comparison.offsets),
+            offsets_text(&comparison.offsets),
             live_held_ms(comparison.live_held_for)
         )?;
         writeln!(f)?;
-        verify::write_tables(f, &comparison.tables)?;
+        write_tables(f, &comparison.tables)?;
         if self.is_ready() {
             return write!(
                 f,
@@ -285,7 +285,7 @@ impl fmt::Display for RebuildReport {
             comparison.tables.len(),
             self.generation
         )?;
-        verify::write_differences(f, &comparison.tables)
+        write_differences(f, &comparison.tables)
     }
 }
 

@@ -4,8 +4,8 @@
 //! session times out. tansu 0.6, the broker the stack runs here, sometimes does not: when an
 //! instance dies right after a rebalance that counted it, the group can settle with the dead
 //! member's share assigned to nobody, and those partitions' events would never be projected.
-//! (Seen in the takeover test: the survivor held partitions 2 and 3 while 0 and 1, with 51
-//! events to go, stayed with the dead instance for the whole minute the test waited.)
+//! The takeover test can end that way: the survivor holds partitions 2 and 3, while 0 and 1,
+//! with events to go, stay with the dead instance for as long as the test waits.
 //!
 //! So every instance keeps an eye on the partitions it does not own: one whose log has events
 //! past its stored offset, and whose stored offset has not moved for the stall timeout, has no
@@ -16,8 +16,8 @@
 //! [`StallWatch`] is the decision, with no IO. [`StallGuard`] feeds it from a thread of its own,
 //! with a Kafka client of its own, and asks the consumer loop to rejoin through a flag: the looks
 //! (a query for the stored offsets, a metadata request and one watermark request per partition)
-//! take tens of milliseconds on a busy broker, and on the consumer loop's thread they held up
-//! every event behind them for that long, a few times a minute.
+//! take tens of milliseconds on a busy broker, and on the consumer loop's thread they would hold
+//! up every event behind them for that long, a few times a minute.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -30,7 +30,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaResult;
 use tokio::runtime::Handle;
 
-use crate::consumer::{Ownership, lock};
+use crate::ownership::{Ownership, owned_partitions};
 use crate::store::ActiveStore;
 
 /// Which partitions not owned here have been stuck behind their log for the stall timeout.
@@ -162,7 +162,7 @@ impl StallGuard {
         let Some(log_ends) = self.log_ends() else {
             return;
         };
-        let owned: BTreeSet<i32> = lock(&self.ownership).keys().copied().collect();
+        let owned: BTreeSet<i32> = owned_partitions(&self.ownership);
         let stalled = self
             .watch
             .observe(Instant::now(), &owned, &stored, &log_ends);

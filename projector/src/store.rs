@@ -7,145 +7,59 @@
 //! batch changed for their caches. Either all of that commits or none of it does. How the events
 //! become rows, in a few bulk statements per batch, is [`crate::batch`].
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use events::Envelope;
 use events::progress::{FIRST_GENERATION, ProgressNotice, is_plain_identifier};
 use sqlx::Row;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
-use uuid::Uuid;
 
-use crate::batch::{DeadLetter, insert_dead_letters, project};
+use crate::batch::{insert_dead_letters, project};
 use crate::decide::Reason;
+use crate::error::StoreError;
+use crate::generations::{self, CATALOGUE};
+use crate::log_ends::LogEnds;
+use crate::outcome::BatchOutcome;
+use crate::ownership::Claim;
+use crate::record::{DeadLetter, Record};
 
 /// The schema, applied at start-up. sqlx takes an advisory lock, so several instances may race.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 
-/// One record as read from Kafka, owned so it can outlive the consumer's buffer.
-#[derive(Debug, Clone)]
-pub struct Record {
-    pub partition: i32,
-    pub offset: i64,
-    pub key: Option<Vec<u8>>,
-    pub payload: Option<Vec<u8>>,
-    pub headers: Vec<(String, Option<Vec<u8>>)>,
+/// Refuses a live database without the read model, or at another schema version than this
+/// binary's migrations: the comparison would show the migration, not the projection.
+pub(crate) async fn check_live_schema(live: &PgPool) -> anyhow::Result<()> {
+    let row = sqlx::query(&format!(
+        "SELECT to_regclass('{FIRST_GENERATION}.projector_offsets') IS NOT NULL AS has_offsets,
+                to_regclass('{FIRST_GENERATION}._sqlx_migrations') IS NOT NULL AS has_migrations"
+    ))
+    .fetch_one(live)
+    .await?;
+    anyhow::ensure!(
+        row.try_get::<bool, _>("has_offsets")? && row.try_get::<bool, _>("has_migrations")?,
+        "the database has no read model to verify (no {FIRST_GENERATION}.projector_offsets): run the projector first"
+    );
+    let applied: Option<i64> = sqlx::query_scalar(&format!(
+        "SELECT max(version) FROM {FIRST_GENERATION}._sqlx_migrations WHERE success"
+    ))
+    .fetch_one(live)
+    .await?;
+    let ours = MIGRATOR
+        .iter()
+        .filter(|m| !m.migration_type.is_down_migration())
+        .map(|m| m.version)
+        .max();
+    anyhow::ensure!(
+        applied == ours,
+        "the live read model's schema is at migration {applied:?}, this projector's at {ours:?}: \
+         use the projector version that runs against this database"
+    );
+    Ok(())
 }
 
-/// This instance's claim on a partition: the epoch it claimed it at, and the offset the stored
-/// position must still be at for this instance's next batch to commit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Claim {
-    pub epoch: i64,
-    pub next_offset: i64,
-}
-
-/// Each partition's log end, as [`crate::metrics::LogEndWatch`] last heard it from the broker:
-/// written beside the offsets for the query API's status page (its lag).
-pub use crate::metrics::LogEnds;
-
-/// What a batch decided on one partition, added to the partition's running counts in
-/// `projector_offsets` (which the status page reads instead of counting the decisions).
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct PartitionCounts {
-    pub applied: i64,
-    /// Rejections, by reason in [`Reason::ALL`]'s order.
-    pub rejected: [i64; Reason::ALL.len()],
-    pub dead_letters: i64,
-}
-
-impl PartitionCounts {
-    pub fn reject(&mut self, reason: Reason) {
-        if let Some(index) = Reason::ALL.iter().position(|r| *r == reason) {
-            self.rejected[index] += 1;
-        }
-    }
-
-    fn add(&mut self, other: &PartitionCounts) {
-        self.applied += other.applied;
-        self.dead_letters += other.dead_letters;
-        for (sum, n) in self.rejected.iter_mut().zip(other.rejected) {
-            *sum += n;
-        }
-    }
-}
-
-/// What a committed batch did.
-#[derive(Debug, Default)]
-pub struct BatchOutcome {
-    /// The new stored position of every partition that committed.
-    pub committed: BTreeMap<i32, i64>,
-    /// Partitions whose stored position or epoch moved under us: another instance owns them now.
-    pub fenced: Vec<i32>,
-    pub applied: u64,
-    pub rejected: BTreeMap<&'static str, u64>,
-    pub duplicates: u64,
-    pub dead_letters: u64,
-    /// The same decisions and dead letters, by partition.
-    pub by_partition: BTreeMap<i32, PartitionCounts>,
-    /// The owners (partition keys) of the events this batch applied, for the progress notice.
-    pub changed_owners: BTreeSet<Uuid>,
-    /// The posts this batch wrote, for the progress notice.
-    pub changed_posts: BTreeSet<Uuid>,
-}
-
-impl BatchOutcome {
-    /// Adds another outcome's counts and positions to this one (not its fenced partitions,
-    /// which say something about one moment only, nor its changed ids, which only its own
-    /// batch's notice names: a running total of them would grow without bound).
-    pub fn absorb(&mut self, other: BatchOutcome) {
-        self.applied += other.applied;
-        self.duplicates += other.duplicates;
-        self.dead_letters += other.dead_letters;
-        for (reason, n) in other.rejected {
-            *self.rejected.entry(reason).or_default() += n;
-        }
-        for (partition, counts) in &other.by_partition {
-            self.by_partition.entry(*partition).or_default().add(counts);
-        }
-        self.committed.extend(other.committed);
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    /// PostgreSQL is unreachable or went away; retrying later may succeed.
-    #[error("database unavailable: {0}")]
-    Unavailable(sqlx::Error),
-    /// A statement failed for a reason that will not go away on retry (a constraint, bad data).
-    #[error("statement failed: {0}")]
-    Statement(sqlx::Error),
-}
-
-impl From<sqlx::Error> for StoreError {
-    fn from(e: sqlx::Error) -> Self {
-        if is_transient(&e) {
-            StoreError::Unavailable(e)
-        } else {
-            StoreError::Statement(e)
-        }
-    }
-}
-
-/// True for errors that say PostgreSQL is unreachable or busy, not that a statement is wrong.
-pub fn is_transient(e: &sqlx::Error) -> bool {
-    match e {
-        // Connection exceptions, resource shortage, operator intervention, rollbacks.
-        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
-            ["08", "53", "57", "40"]
-                .iter()
-                .any(|class| code.starts_with(class))
-        }),
-        sqlx::Error::Io(_)
-        | sqlx::Error::Tls(_)
-        | sqlx::Error::Protocol(_)
-        | sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::WorkerCrashed => true,
-        _ => false,
-    }
-}
-
+/// One generation's read model and stored offsets, written a batch transaction at a time.
 #[derive(Clone, Debug)]
 pub struct Store {
     pool: PgPool,
@@ -313,9 +227,9 @@ impl Store {
         // projector follows the switch. The row lock orders this batch against the switch,
         // which takes the catalogue row FOR UPDATE before anything else.
         if self.live {
-            let state: Option<String> = sqlx::query_scalar(
-                "SELECT state FROM public.read_model_generations WHERE name = $1 FOR KEY SHARE",
-            )
+            let state: Option<String> = sqlx::query_scalar(&format!(
+                "SELECT state FROM {CATALOGUE} WHERE name = $1 FOR KEY SHARE"
+            ))
             .bind(&self.schema)
             .fetch_optional(&mut *tx)
             .await?;
@@ -447,7 +361,7 @@ impl Store {
         let log_ends = self
             .log_ends
             .as_ref()
-            .map(|ends| ends.lock().unwrap_or_else(|p| p.into_inner()).clone())
+            .map(|ends| ends.lock().unwrap_or_else(PoisonError::into_inner).clone())
             .unwrap_or_default();
         let mut columns = OffsetColumns::default();
         for (partition, next_offset) in &outcome.committed {
@@ -511,28 +425,11 @@ struct OffsetColumns {
     dead_letters: Vec<i64>,
 }
 
-/// The active read-model generation as the catalogue says, or the first one (`public`) when the
-/// database has no catalogue yet.
-pub async fn active_generation(pool: &PgPool) -> Result<String, sqlx::Error> {
-    let has_catalogue: bool =
-        sqlx::query_scalar("SELECT to_regclass('public.read_model_generations') IS NOT NULL")
-            .fetch_one(pool)
-            .await?;
-    if !has_catalogue {
-        return Ok(FIRST_GENERATION.to_owned());
-    }
-    let active: Option<String> =
-        sqlx::query_scalar("SELECT name FROM public.read_model_generations WHERE state = 'active'")
-            .fetch_optional(pool)
-            .await?;
-    Ok(active.unwrap_or_else(|| FIRST_GENERATION.to_owned()))
-}
-
 /// The store of the active generation, handed to everything that writes the live read model;
 /// replaced when the projector follows a switch. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct ActiveStore {
-    current: std::sync::Arc<std::sync::RwLock<Store>>,
+    current: Arc<RwLock<Store>>,
     url: String,
     pool_size: u32,
 }
@@ -540,7 +437,7 @@ pub struct ActiveStore {
 impl ActiveStore {
     pub fn new(store: Store, url: &str, pool_size: u32) -> ActiveStore {
         ActiveStore {
-            current: std::sync::Arc::new(std::sync::RwLock::new(store)),
+            current: Arc::new(RwLock::new(store)),
             url: url.to_owned(),
             pool_size,
         }
@@ -550,7 +447,7 @@ impl ActiveStore {
     pub fn get(&self) -> Store {
         self.current
             .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .unwrap_or_else(PoisonError::into_inner)
             .clone()
     }
 
@@ -558,7 +455,7 @@ impl ActiveStore {
     /// it moved: every claim made in the old generation is void.
     pub async fn follow_active_generation(&self) -> anyhow::Result<bool> {
         let store = self.get();
-        let active = active_generation(store.pool()).await?;
+        let active = generations::active_generation(store.pool()).await?;
         if active == store.schema() {
             return Ok(false);
         }
@@ -572,10 +469,7 @@ impl ActiveStore {
             None => next,
         };
         tracing::info!(from = store.schema(), to = %active, "following the switch to another read-model generation");
-        *self
-            .current
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = next;
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = next;
         store.pool().close().await;
         Ok(true)
     }

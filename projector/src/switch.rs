@@ -3,7 +3,7 @@
 //! 1. Refusals first: only a catalogued `generation_<n>` that is `ready` can be switched to,
 //!    and not while a rebuild or drop-generation runs (the generations' advisory lock).
 //! 2. Catch-up without holding anything: a ready generation stands where the live read model
-//!    stood when it was verified; a [`Replay`] projects it up to the active generation's current
+//!    stood when it was verified; a `Replay` projects it up to the active generation's current
 //!    offsets.
 //! 3. The switch, in one transaction on the live database: the catalogue rows are locked
 //!    `FOR UPDATE` (each live batch takes its generation's row `FOR KEY SHARE` first, so batches
@@ -20,7 +20,8 @@
 //!
 //! The services follow: a live batch whose generation is no longer active commits nothing, and
 //! the projector moves its [`ActiveStore`](crate::store::ActiveStore) to the new generation;
-//! the query API moves its pool on the notice. See the README, "Switch to a rebuilt generation".
+//! the query API moves its pool on the notice. See docs/operations.md, "Switch to a rebuilt
+//! generation".
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -29,14 +30,16 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, ensure};
-use events::progress::GENERATION_CHANNEL;
+use events::progress::{FIRST_GENERATION, GENERATION_CHANNEL};
 use sqlx::{Connection, PgConnection};
 
 use crate::config::{Config, SwitchArgs};
-use crate::generations::{self, GENERATION_PREFIX, GenerationState, generation_number};
-use crate::replay::{LogSource, Replay, check_within_log, offsets_of};
-use crate::store::Store;
-use crate::verify::{self, LIVE_SCHEMA, LOCK_TIMEOUT};
+use crate::generations::{
+    self, CATALOGUE, GENERATION_PREFIX, GenerationState, LOCK_TIMEOUT, generation_number,
+    offsets_of, offsets_text,
+};
+use crate::replay::{LogSource, Replay, check_within_log};
+use crate::store::{Store, check_live_schema};
 
 /// The catching-up run's owner name in the new generation's `projector_offsets`.
 const SWITCH_OWNER: &str = "switch";
@@ -110,7 +113,7 @@ pub async fn switch(
         return Ok(Err(SwitchRefused::NotAGeneration(name.to_owned())));
     }
     let live = generations::connect(&config.database_url).await?;
-    verify::check_live_schema(&live).await?;
+    check_live_schema(&live).await?;
     let Some(lock) = generations::try_lock(&config.database_url).await? else {
         live.close().await;
         return Ok(Err(SwitchRefused::RebuildRunning));
@@ -140,7 +143,7 @@ where
     E: sqlx::PgExecutor<'c>,
 {
     let rows: Vec<(String, String)> = sqlx::query_as(&format!(
-        "SELECT name, state FROM {LIVE_SCHEMA}.read_model_generations
+        "SELECT name, state FROM {CATALOGUE}
          WHERE name = $1 OR state = 'active' ORDER BY name{}",
         if for_update { " FOR UPDATE" } else { "" }
     ))
@@ -246,7 +249,7 @@ async fn switch_locked(
         .await?;
         let events: i64 = offsets.values().sum();
         sqlx::query(&format!(
-            "UPDATE {LIVE_SCHEMA}.read_model_generations
+            "UPDATE {CATALOGUE}
              SET state = CASE WHEN name = $1 THEN 'active' ELSE 'retired' END,
                  events = CASE WHEN name = $1 THEN $3 ELSE events END
              WHERE name IN ($1, $2)"
@@ -293,7 +296,7 @@ impl fmt::Display for SwitchReport {
             self.topic,
             self.to,
             self.events_projected,
-            verify::offsets_text(&self.offsets),
+            offsets_text(&self.offsets),
             self.live_held_for.as_millis()
         )?;
         write!(
@@ -301,7 +304,7 @@ impl fmt::Display for SwitchReport {
             "SWITCHED: {} is active, {} is retired",
             self.to, self.from
         )?;
-        if self.from != LIVE_SCHEMA {
+        if self.from != FIRST_GENERATION {
             write!(
                 f,
                 " (drop it with `projector drop-generation {}`)",

@@ -150,7 +150,7 @@ impl Server {
         // The load generator's post: a short title and a 1 KB body.
         sqlx::query(
             "INSERT INTO posts (id, author_id, title, body, version, created_at, updated_at) \
-             VALUES ($1, $2, 'a post of the seed', $3, 1, $4, $4)",
+             VALUES ($1, $2, 'loadgen post 12345', $3, 1, $4, $4)",
         )
         .bind(post_id)
         .bind(user_id)

@@ -100,7 +100,7 @@
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use events::ConsistencyToken;
 use events::progress::Changed;
@@ -108,7 +108,7 @@ use service_kit::metrics::Metrics;
 use uuid::Uuid;
 
 use crate::answer::Answer;
-use crate::consistency::Offsets;
+use crate::offsets::Offsets;
 
 /// Invalidation stripes: 512 KiB of atomics; a needless miss for 1 in 65,536 of the entries per
 /// invalidated id.
@@ -545,15 +545,11 @@ impl Shard {
 }
 
 fn read(shard: &RwLock<Shard>) -> RwLockReadGuard<'_, Shard> {
-    shard
-        .read()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
+    shard.read().unwrap_or_else(PoisonError::into_inner)
 }
 
 fn write(shard: &RwLock<Shard>) -> RwLockWriteGuard<'_, Shard> {
-    shard
-        .write()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
+    shard.write().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Which of the [`Counters`] a counter series shows.

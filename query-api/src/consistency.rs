@@ -31,7 +31,6 @@
 //! been lost) and every switch, and suspends it whenever it is not listening. Why this order,
 //! and why a cached answer never predates a token, is argued in [`crate::cache`].
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -45,14 +44,13 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::cache::Cache;
+use crate::catalogue;
 use crate::error::ApiError;
-use crate::read_models::{self, InvalidGeneration, ReadModels};
+use crate::offsets::Offsets;
+use crate::read_models::{InvalidGeneration, ReadModels};
 
 const FIRST_RETRY_DELAY: Duration = Duration::from_millis(100);
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(5);
-
-/// Next offset to apply, per partition of our topic.
-pub type Offsets = BTreeMap<i32, i64>;
 
 /// How far the read model has got, per partition, and the wait on it. Cheap to clone.
 #[derive(Clone)]
@@ -71,14 +69,14 @@ pub struct Watermarks {
     metrics: Metrics,
 }
 
-/// The follower's side of [`Watermarks`].
-struct Progress {
+/// The follower's side of [`Watermarks`]: it sends the offsets heard and published.
+struct WatermarkSender {
     heard: watch::Sender<Arc<Offsets>>,
     published: watch::Sender<Arc<Offsets>>,
     heard_other_topics: Arc<AtomicBool>,
 }
 
-impl Progress {
+impl WatermarkSender {
     /// Moves to `offsets`: heard at once, then `make_cache_agree`, then published. A fill that
     /// follows the cache's change has heard them; a read they release finds the cache agreeing.
     fn advance(&self, offsets: Offsets, make_cache_agree: impl FnOnce()) {
@@ -121,7 +119,7 @@ impl Watermarks {
         for outcome in WAIT_OUTCOMES {
             count_wait(metrics, outcome, 0);
         }
-        let progress = Progress {
+        let sender = WatermarkSender {
             heard: heard_sender,
             published,
             heard_other_topics: heard_other_topics.clone(),
@@ -131,7 +129,7 @@ impl Watermarks {
             read_models,
             cache,
             topic.clone(),
-            progress,
+            sender,
         )));
         let watermarks = Watermarks {
             latest,
@@ -274,7 +272,7 @@ async fn follow(
     read_models: ReadModels,
     cache: Cache,
     topic: Arc<str>,
-    progress: Progress,
+    sender: WatermarkSender,
 ) {
     // Also when the task is aborted: nothing would make the cache's entries stale any more.
     let _suspend = SuspendOnDrop(cache.clone());
@@ -286,12 +284,11 @@ async fn follow(
                 // notified, and reads already go to the active generation. Before the offsets:
                 // a read they release finds nothing older in the cache. After they are heard:
                 // a fill that follows the clear asks a replica for as much.
-                progress.advance(offsets, || cache.resume());
+                sender.advance(offsets, || cache.resume());
                 retry_delay = FIRST_RETRY_DELAY;
                 tracing::info!(topic = %topic, generation = %read_models.generation(), "following projector progress");
                 let why =
-                    apply_notifications(&mut listener, &read_models, &cache, &topic, &progress)
-                        .await;
+                    apply_notifications(&mut listener, &read_models, &cache, &topic, &sender).await;
                 cache.suspend();
                 tracing::warn!(reason = %why, "stopped following projector progress; reconnecting");
             }
@@ -342,7 +339,7 @@ async fn follow_active_generation(
     read_models: &ReadModels,
     topic: &str,
 ) -> Result<Offsets, FollowError> {
-    let active = read_models::active_generation(&mut *listener).await?;
+    let active = catalogue::active_generation(&mut *listener).await?;
     if active != read_models.generation() {
         // Before the offsets are published: whoever they release reads the new generation.
         read_models.switch_to(&active)?;
@@ -362,7 +359,7 @@ async fn apply_notifications(
     read_models: &ReadModels,
     cache: &Cache,
     topic: &str,
-    progress: &Progress,
+    sender: &WatermarkSender,
 ) -> String {
     loop {
         let notification = match listener.try_recv().await {
@@ -376,7 +373,7 @@ async fn apply_notifications(
                 Ok(offsets) => {
                     // After the reads went to the new generation, before the offsets: a fill
                     // that began before this read the old one.
-                    progress.advance(offsets, || cache.clear());
+                    sender.advance(offsets, || cache.clear());
                     continue;
                 }
                 Err(error) => return format!("cannot follow the generation switch: {error}"),
@@ -393,13 +390,13 @@ async fn apply_notifications(
         if notice.topic != topic {
             // The tables are the generation's, not the topic's: what this batch changed is
             // stale all the same, and no offsets of ours say whether a replica has it.
-            progress.heard_other_topics.store(true, Ordering::SeqCst);
+            sender.heard_other_topics.store(true, Ordering::SeqCst);
             cache.invalidate(notice.changed.as_ref());
             continue;
         }
         // Latest wins rather than highest: notifications arrive in commit order, and a projector
         // that starts over from a lower offset must hold reads back, not release them early.
-        let published = progress.published.borrow().clone();
+        let published = sender.published.borrow().clone();
         let changed = notice
             .offsets
             .iter()
@@ -413,6 +410,6 @@ async fn apply_notifications(
         // Invalidate first, so that what the offsets release is not answered from before this
         // batch; hear them before that, so that a fill that follows the invalidation asks a
         // replica for this batch.
-        progress.advance(offsets, || cache.invalidate(notice.changed.as_ref()));
+        sender.advance(offsets, || cache.invalidate(notice.changed.as_ref()));
     }
 }

@@ -8,33 +8,46 @@
 //! that the projector's progress notices invalidate. Reads may be spread over read replicas
 //! (hot standbys), each read going to one that has replayed as far as the read needs.
 //!
-//! - [`config`]: [`Config`], flags and environment variables.
+//! The modules, from the handlers down to the values they share:
+//! - here: [`Application`] (what `main` builds and runs), [`router`] and [`openapi_document`].
 //! - [`routes`]: the handlers, one per route, and `/readyz`.
-//! - [`extract`]: path id, page and consistency-token extractors with problem+json rejections.
-//! - [`pagination`]: `limit`, `from_version` and the opaque keyset cursors; the page body.
-//! - [`answer`]: [`answer::Answer`], a read's answer serialized once.
-//! - [`etag`]: `ETag` and `If-None-Match` on single-resource reads.
-//! - [`cache`]: [`cache::Cache`], the read cache, and why it never serves what a token rules out.
-//! - [`read_models`]: the SQL, and where a read runs it ([`read_models::Source`]).
-//! - [`replicas`]: the read replicas, how far each has replayed, and what a read needs of them.
-//! - [`consistency`]: [`consistency::Watermarks`], the projector's progress as LISTENed for, and
-//!   the token wait on it; its follower also invalidates the cache.
-//! - [`error`]: [`error::ApiError`] and its problem+json answers.
-//! - [`openapi`]: the OpenAPI document's parameters and title; each route's own part is its
-//!   handler's `#[utoipa::path]`.
 //! - [`status`]: the status page, `/status` and `/status.json`: each partition's offset, lag,
 //!   events per second, decisions and dead letters, the generation and rebuilds in progress.
+//! - [`app_state`]: [`AppState`], what every handler shares, and a read's way through the token
+//!   wait, the cache and the read models.
+//! - [`extract`]: path id, page and consistency-token extractors with problem+json rejections.
+//! - [`openapi`]: the OpenAPI document's parameters and title; each route's own part is its
+//!   handler's `#[utoipa::path]`.
+//! - [`replica_monitor`]: the poller that refreshes each replica's offsets, and the replicas'
+//!   gauges.
+//! - [`consistency`]: [`consistency::Watermarks`], the projector's progress as LISTENed for, and
+//!   the token wait on it; its follower also invalidates the cache.
+//! - [`cache`]: [`cache::Cache`], the read cache, and why it never serves what a token rules out.
+//! - [`answer`]: [`answer::Answer`], a read's answer serialized once.
+//! - [`etag`]: `ETag` and `If-None-Match` on single-resource reads.
+//! - [`read_models`]: the SQL, and where a read runs it ([`read_models::Source`]).
+//! - [`replicas`]: the read replicas, how far each has replayed, and what a read needs of them.
+//! - [`error`]: [`error::ApiError`] and its problem+json answers.
+//! - [`pagination`]: `limit`, `from_version` and the opaque keyset cursors; the page body.
+//! - [`config`]: [`Config`], flags and environment variables.
+//! - [`catalogue`]: which read-model generation the catalogue names active.
+//! - [`offsets`]: [`offsets::Offsets`], the projector's next offset per partition, the measure of
+//!   the watermarks, the cache's fills, the replicas and the status page.
 
 pub mod answer;
+pub mod app_state;
 pub mod cache;
+pub mod catalogue;
 pub mod config;
 pub mod consistency;
 pub mod error;
 pub mod etag;
 pub mod extract;
+pub mod offsets;
 pub mod openapi;
 pub mod pagination;
 pub mod read_models;
+pub mod replica_monitor;
 pub mod replicas;
 pub mod routes;
 pub mod status;
@@ -43,89 +56,20 @@ use std::future::Future;
 
 use anyhow::Context as _;
 use axum::Router;
-use events::ConsistencyToken;
 use service_kit::metrics::Metrics;
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 use tokio::net::TcpListener;
 use utoipa::OpenApi as _;
 use utoipa_axum::router::OpenApiRouter;
-use uuid::Uuid;
 
-use crate::answer::Answer;
-use crate::cache::{Cache, Key};
+pub use crate::app_state::{AppState, Loaded};
+use crate::cache::Cache;
 pub use crate::config::{Config, LogFormat};
 use crate::consistency::{Follower, Watermarks};
-use crate::error::ApiError;
-use crate::read_models::{ReadModels, Source};
-use crate::replicas::{Poller, Requirement};
+use crate::read_models::ReadModels;
+use crate::replica_monitor::Poller;
 use crate::status::StatusBoard;
-
-/// What every handler shares. Cheap to clone.
-#[derive(Clone)]
-pub struct AppState {
-    pub read_models: ReadModels,
-    pub watermarks: Watermarks,
-    pub cache: Cache,
-    pub metrics: Metrics,
-    pub status: StatusBoard,
-}
-
-/// What a read found: its answer, and the user whose changes make it stale (if any).
-#[derive(Debug)]
-pub struct Loaded {
-    pub answer: Answer,
-    pub owner: Option<Uuid>,
-}
-
-impl AppState {
-    /// Waits, if the client sent a token, until the read model includes that write; returns
-    /// what the read then needs of the database that answers it.
-    pub async fn read_after(
-        &self,
-        token: Option<ConsistencyToken>,
-    ) -> Result<Requirement, ApiError> {
-        if let Some(token) = token {
-            self.watermarks
-                .wait_until_covered(token, &self.read_models)
-                .await?;
-        }
-        Ok(Requirement::after(token))
-    }
-
-    /// Where a read that needs `requirement` and fills no cache entry runs its queries.
-    pub async fn source(&self, requirement: &Requirement) -> Source {
-        self.read_models.source(requirement).await
-    }
-
-    /// `key`'s answer from the cache, or else from `load` (PostgreSQL, on the source it is
-    /// given), kept for next time. Call with what [`read_after`](AppState::read_after) returned.
-    pub async fn cached<Load>(
-        &self,
-        key: Key,
-        requirement: Requirement,
-        load: impl FnOnce(Source) -> Load,
-    ) -> Result<Answer, ApiError>
-    where
-        Load: Future<Output = Result<Loaded, ApiError>>,
-    {
-        if let Some(answer) = self.cache.get(&key, requirement.token()) {
-            return Ok(answer);
-        }
-        // Before the database read: see the fill race, and replicas, in `cache`.
-        let fill = self.cache.begin_fill(|| self.watermarks.heard());
-        let requirement = match fill.filled_under() {
-            // After the sequence, as the watermarks.
-            Some(_) if self.watermarks.heard_other_topics() => requirement.and_primary_only(),
-            Some(filled_under) => requirement.and_watermarks(filled_under.clone()),
-            None => requirement,
-        };
-        let source = self.read_models.source(&requirement).await;
-        let Loaded { answer, owner } = load(source).await?;
-        self.cache.store(fill, key, answer.clone(), owner);
-        Ok(answer)
-    }
-}
 
 /// The complete service: the v1 read routes, `/readyz`, `/openapi.json`, and the common layers
 /// and endpoints.
@@ -194,7 +138,7 @@ impl Application {
         // the follower has looked. While PostgreSQL is down the follower finds it later.
         let active = tokio::time::timeout(
             config.db_acquire_timeout(),
-            read_models::active_generation(&pool),
+            catalogue::active_generation(&pool),
         )
         .await;
         if let Ok(Ok(active)) = active
@@ -211,7 +155,7 @@ impl Application {
             config.consistency_wait(),
             &metrics,
         );
-        replicas::register_gauges(&read_models, &watermarks);
+        replica_monitor::register_gauges(&read_models, &watermarks);
         let poller = Poller::start(&read_models, config.replica_poll());
         let state = AppState {
             status: StatusBoard::new(read_models.clone()),

@@ -6,7 +6,7 @@
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -17,7 +17,7 @@ use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use uuid::Uuid;
 
-use crate::consistency::Offsets;
+use crate::offsets::Offsets;
 use crate::pagination::{Cursor, PageRequest, StreamCursor, StreamPageRequest};
 use crate::replicas::{self, Failure, Replica, ReplicaPool, Requirement};
 
@@ -123,7 +123,7 @@ pub struct StreamEvent {
 }
 
 fn event_type() -> utoipa::openapi::schema::Object {
-    use events::domain::types::*;
+    use events::event_type::types::*;
     utoipa::openapi::schema::ObjectBuilder::new()
         .schema_type(utoipa::openapi::schema::Type::String)
         .enum_values(Some([
@@ -323,7 +323,7 @@ impl ReadModels {
         self.shared
             .current
             .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .unwrap_or_else(PoisonError::into_inner)
             .clone()
     }
 
@@ -376,7 +376,7 @@ impl ReadModels {
             &mut *shared
                 .current
                 .write()
-                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+                .unwrap_or_else(PoisonError::into_inner),
             Arc::new(generation),
         );
         tracing::info!(from = %old.name, to = name, "reading from another read-model generation");
@@ -677,26 +677,6 @@ pub fn read_pool(
         .acquire_timeout(acquire_timeout)
         .test_before_acquire(false)
         .connect_lazy_with(options)
-}
-
-/// The active read-model generation as the catalogue says; the first one (`public`) when the
-/// database has no catalogue (yet) or no active row.
-pub async fn active_generation<'c, E>(executor: E) -> Result<String, sqlx::Error>
-where
-    E: sqlx::PgExecutor<'c>,
-{
-    let active: Result<Option<String>, sqlx::Error> =
-        sqlx::query_scalar("SELECT name FROM public.read_model_generations WHERE state = 'active'")
-            .fetch_optional(executor)
-            .await;
-    match active {
-        Ok(active) => Ok(active.unwrap_or_else(|| FIRST_GENERATION.to_owned())),
-        // undefined_table: a database the projector has not migrated that far.
-        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P01") => {
-            Ok(FIRST_GENERATION.to_owned())
-        }
-        Err(e) => Err(e),
-    }
 }
 
 /// A generation name that is no plain schema name: never put into a search_path.

@@ -5,8 +5,9 @@
 //! projector's offsets a standby shows at time t (its own `projector_offsets` rows for our topic,
 //! in the active generation's schema) are a floor for every read on that standby after t: each
 //! event below them is in what such a read sees. Each replica keeps the last offsets it was seen
-//! at ([`ReplicaPool`]); a background task ([`Poller`]) refreshes them every `REPLICA_POLL_MS`, and
-//! a read that needs more than was seen refreshes them once more on the spot.
+//! at ([`ReplicaPool`]); a background task ([`crate::replica_monitor::Poller`]) refreshes them
+//! every `REPLICA_POLL_MS`, and a read that needs more than was seen refreshes them once more on
+//! the spot.
 //!
 //! Every read states what it needs ([`Requirement`]): the write a consistency token names, the
 //! watermarks a cache fill is kept under (see [`crate::cache`]), or nothing. It goes, round robin,
@@ -19,16 +20,15 @@
 //! read that found out is answered by the primary: a replica's outage is never the client's.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use events::ConsistencyToken;
 use sqlx::PgPool;
 use sqlx::postgres::PgConnectOptions;
-use tokio::task::JoinHandle;
 
-use crate::consistency::{Offsets, Watermarks};
-use crate::read_models::{self, ReadModels};
+use crate::catalogue;
+use crate::offsets::Offsets;
 
 /// How long a replica that failed to answer is passed over, unless a poll reaches it sooner.
 pub const UNHEALTHY_FOR: Duration = Duration::from_secs(1);
@@ -241,10 +241,7 @@ impl ReplicaPool {
                 return;
             }
         };
-        let mut seen = self
-            .seen
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut seen = self.seen.write().unwrap_or_else(PoisonError::into_inner);
         *seen = Seen {
             offsets,
             by_refresh: number,
@@ -252,9 +249,7 @@ impl ReplicaPool {
     }
 
     fn read_seen(&self) -> std::sync::RwLockReadGuard<'_, Seen> {
-        self.seen
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.seen.read().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -266,7 +261,7 @@ async fn load_offsets(
     topic: &str,
 ) -> Result<Option<Offsets>, sqlx::Error> {
     let mut connection = pool.acquire().await?;
-    if read_models::active_generation(&mut *connection).await? != generation {
+    if catalogue::active_generation(&mut *connection).await? != generation {
         return Ok(None);
     }
     // The pool's search_path is the generation's schema.
@@ -334,113 +329,6 @@ pub fn classify(error: &sqlx::Error) -> Failure {
         },
         _ => Failure::Query,
     }
-}
-
-/// The background tasks that refresh each replica's offsets; stop when dropped.
-#[derive(Debug)]
-pub struct Poller(Vec<JoinHandle<()>>);
-
-impl Drop for Poller {
-    fn drop(&mut self) {
-        for task in &self.0 {
-            task.abort();
-        }
-    }
-}
-
-impl Poller {
-    /// Refreshes every replica of the active generation every `every`, each on a task of its
-    /// own, so that one that hangs does not hold the others back. Without replicas, nothing.
-    pub fn start(read_models: &ReadModels, every: Duration) -> Poller {
-        let tasks = (0..read_models.replica_count())
-            .map(|index| {
-                let read_models = read_models.clone();
-                tokio::spawn(async move {
-                    let mut ticks = tokio::time::interval(every);
-                    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                    loop {
-                        ticks.tick().await;
-                        read_models.refresh_replica(index).await;
-                    }
-                })
-            })
-            .collect();
-        Poller(tasks)
-    }
-}
-
-/// Gauges of each replica: the offsets it was seen at, its lag behind the primary's watermarks
-/// as this instance heard them, and whether it is read.
-pub fn register_gauges(read_models: &ReadModels, watermarks: &Watermarks) {
-    if read_models.replica_count() == 0 {
-        return;
-    }
-    let metrics = read_models.metrics().clone();
-    let sampled = read_models.clone();
-    metrics.gauge(
-        "query_api_replica_next_offset",
-        "The projector's next offset per partition as each replica was last seen at (a floor \
-         for its reads); no series while a replica was not found on the active generation.",
-        move || {
-            sampled
-                .replicas_seen()
-                .into_iter()
-                .flat_map(|(label, seen)| {
-                    seen.into_iter().flat_map(move |seen| {
-                        let label = label.clone();
-                        seen.iter()
-                            .map(move |(partition, next)| {
-                                (
-                                    vec![
-                                        ("replica", label.clone()),
-                                        ("partition", partition.to_string()),
-                                    ],
-                                    *next as f64,
-                                )
-                            })
-                            .collect::<Vec<_>>()
-                    })
-                })
-                .collect()
-        },
-    );
-    let sampled = read_models.clone();
-    let watermarks = watermarks.clone();
-    metrics.gauge(
-        "query_api_replica_lag_offsets",
-        "Offsets each replica was last seen behind the projector's progress as this instance \
-         heard it, summed over partitions; no series while a replica was not found on the \
-         active generation.",
-        move || {
-            let primary = watermarks.current();
-            sampled
-                .replicas_seen()
-                .into_iter()
-                .filter_map(|(label, seen)| {
-                    let seen = seen?;
-                    let lag: i64 = primary
-                        .iter()
-                        .map(|(partition, next)| {
-                            (next - seen.get(partition).copied().unwrap_or(0)).max(0)
-                        })
-                        .sum();
-                    Some((vec![("replica", label)], lag as f64))
-                })
-                .collect()
-        },
-    );
-    let sampled = read_models.clone();
-    metrics.gauge(
-        "query_api_replica_healthy",
-        "1 while a replica is read from, 0 while it is passed over after failing to answer.",
-        move || {
-            sampled
-                .replica_health()
-                .into_iter()
-                .map(|(label, healthy)| (vec![("replica", label)], if healthy { 1.0 } else { 0.0 }))
-                .collect()
-        },
-    );
 }
 
 #[cfg(test)]

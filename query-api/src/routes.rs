@@ -10,13 +10,13 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::answer::Answer;
+use crate::app_state::{AppState, Loaded};
 use crate::cache::Key;
 use crate::error::ApiError;
 use crate::extract::{IfNoneMatch, PathId, ReadAfter};
 use crate::openapi::{MalformedIdOrToken, ReadUnavailable};
 use crate::pagination::{Page, PageRequest, StreamPageRequest};
 use crate::read_models::{Decision, Post, Source, StreamEvent, User};
-use crate::{AppState, Loaded};
 
 /// How long `/readyz` gives PostgreSQL to answer `SELECT 1`.
 const READY_TIMEOUT: Duration = Duration::from_secs(1);

@@ -27,8 +27,8 @@ use service_kit::Problem;
 use sqlx::PgConnection;
 use tokio::sync::Mutex;
 
-use crate::AppState;
 use crate::error::ApiError;
+use crate::offsets::Offsets;
 use crate::read_models::ReadModels;
 
 /// How long one look answers every request.
@@ -181,7 +181,7 @@ enum Look {
 struct Sample {
     at: Instant,
     generation: String,
-    offsets: BTreeMap<i32, i64>,
+    offsets: Offsets,
 }
 
 impl StatusBoard {
@@ -228,8 +228,7 @@ impl StatusBoard {
             sqlx::query_as(BUILDING).fetch_all(&mut *conn).await?;
         let sampled_at = Utc::now();
 
-        let offsets: BTreeMap<i32, i64> =
-            rows.iter().map(|r| (r.partition, r.next_offset)).collect();
+        let offsets: Offsets = rows.iter().map(|r| (r.partition, r.next_offset)).collect();
         let rates = rates(history, now, &generation, &offsets);
         history.push_back(Sample {
             at: now,
@@ -331,7 +330,7 @@ fn rates(
     history: &mut VecDeque<Sample>,
     now: Instant,
     generation: &str,
-    offsets: &BTreeMap<i32, i64>,
+    offsets: &Offsets,
 ) -> BTreeMap<i32, f64> {
     while history.front().is_some_and(|s| {
         now.saturating_duration_since(s.at) > RATE_WINDOW || s.generation != generation
@@ -408,8 +407,8 @@ async fn events_in(conn: &mut PgConnection, name: &str, topic: &str) -> Result<i
     )
 )]
 /// What the projection is doing now (the status page's data).
-pub async fn status_json(State(state): State<AppState>) -> Response {
-    match state.status.look().await {
+pub async fn status_json(State(board): State<StatusBoard>) -> Response {
+    match board.look().await {
         Look::Report(body) => (
             [
                 (

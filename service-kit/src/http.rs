@@ -178,10 +178,6 @@ struct Series {
     duration: Histogram,
 }
 
-/// The route label of requests no route matched (answered by the fallback): one series for
-/// all their paths, which are the client's choice and unbounded.
-pub(crate) const UNMATCHED: &str = "unmatched";
-
 impl RequestMetrics {
     fn register(registry: &Metrics) -> Arc<RequestMetrics> {
         let requests = Arc::new(RequestMetrics {
@@ -324,7 +320,9 @@ where
         let method = method_label(request.method());
         let span = request_span(
             request.method(),
-            route.as_ref().map_or(UNMATCHED, MatchedPath::as_str),
+            route
+                .as_ref()
+                .map_or(telemetry::UNMATCHED, MatchedPath::as_str),
             &request,
         );
         let inner = {
@@ -380,7 +378,7 @@ where
             let route = pending
                 .route
                 .as_ref()
-                .map_or(UNMATCHED, MatchedPath::as_str);
+                .map_or(telemetry::UNMATCHED, MatchedPath::as_str);
             pending
                 .requests
                 .observe(route, pending.method, status.as_u16(), elapsed);

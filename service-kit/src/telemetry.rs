@@ -56,6 +56,10 @@ pub enum LogFormat {
 /// The span of an HTTP request (`service_kit::http`); exported as a server span named after
 /// its route, `POST /v1/users`.
 pub const REQUEST_SPAN: &str = "request";
+
+/// The route of requests no route matched (answered by the fallback), in their span and their
+/// metrics' label: one name for all their paths, which are the client's choice and unbounded.
+pub(crate) const UNMATCHED: &str = "unmatched";
 /// The span of a write's append to Kafka (the command API); exported as a producer span. The
 /// record carries its context.
 pub const APPEND_SPAN: &str = "append";
@@ -465,7 +469,7 @@ fn name_span(span: &mut SpanData) {
             if let Some((method, template)) = route.as_deref().and_then(|r| r.split_once(' ')) {
                 span.attributes
                     .push(KeyValue::new("http.request.method", method.to_owned()));
-                if template == crate::http::UNMATCHED {
+                if template == UNMATCHED {
                     span.name = Cow::Owned(method.to_owned());
                 } else {
                     span.attributes

@@ -404,7 +404,7 @@ async fn tokens_expire_with_a_lifetime() {
         let challenge = answer.header("www-authenticate").expect("challenge");
         assert!(challenge.contains("expired"), "{challenge}");
     }
-    // A token without exp (issued while no lifetime was set) is bounded by the lifetime too.
+    // A token without exp, as tokens are when no lifetime is set, is bounded by the lifetime too.
     let old = encode(
         &header("test"),
         &claims(user.aggregate_id, now - 7200),

@@ -2,8 +2,8 @@
 //! succeed is one [`FailedRequest`] (retried attempts included, one entry per attempt), and
 //! each violation the checks find is counted, with the first few described for people.
 
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Failure kinds a client must expect while a dependency is down: it retries them. Every other
@@ -81,12 +81,15 @@ impl Journal {
                 entry.kind
             ));
         }
-        lock(&self.failed).push(entry);
+        self.failed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(entry);
     }
 
     /// Describes a violation, if fewer than [`EXAMPLES`] were described yet.
     pub fn example(&self, text: String) {
-        let mut examples = lock(&self.examples);
+        let mut examples = self.examples.lock().unwrap_or_else(PoisonError::into_inner);
         if examples.len() < EXAMPLES {
             examples.push(text);
         }
@@ -106,20 +109,23 @@ impl Journal {
     }
 
     pub fn failed_requests(&self) -> Vec<FailedRequest> {
-        lock(&self.failed).clone()
+        self.failed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     pub fn failed_so_far(&self) -> usize {
-        lock(&self.failed).len()
+        self.failed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
     }
 
     pub fn examples(&self) -> Vec<String> {
-        lock(&self.examples).clone()
+        self.examples
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }

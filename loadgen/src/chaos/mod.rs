@@ -116,7 +116,7 @@ pub async fn run(
         retry_for: config.retry_for,
         reads_per_write: config.reads_per_write,
         nonce: Uuid::now_v7().simple().to_string()[24..].to_owned(),
-        post_body: crate::workload::post_text(writer::POST_BODY_BYTES),
+        post_body: crate::contract::post_text(writer::POST_BODY_BYTES),
     });
     // Polled from now on, so that a signal during the sign-ups already stops the run (its
     // handler is installed on the first poll) instead of killing the process.

@@ -24,7 +24,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use crate::client::Connection;
-use crate::workload::CONSISTENCY_TOKEN;
+use crate::contract::CONSISTENCY_TOKEN;
 
 use super::journal::{BAD_ANSWER, Phase};
 use super::patient::Sent;

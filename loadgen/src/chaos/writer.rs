@@ -14,7 +14,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use hyper::header::HeaderName;
 use hyper::{Method, StatusCode};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -22,13 +21,11 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::client::{Connection, Endpoint, RequestBuilder};
+use crate::contract::{Accepted, CONSISTENCY_TOKEN, IDEMPOTENCY_KEY};
 use crate::sampling::Rng;
-use crate::workload::{Accepted, CONSISTENCY_TOKEN};
 
 use super::journal::{BAD_ANSWER, Journal, Phase};
 use super::patient::{Patient, Sent};
-
-pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 
 /// The rejection reasons contract v1 names; any other is a broken promise.
 pub const CONTRACT_REASONS: [&str; 4] = [

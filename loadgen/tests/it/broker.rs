@@ -3,7 +3,8 @@
 
 use std::time::Duration;
 
-use loadgen::broker::{self, BrokerConfig};
+use loadgen::BrokerConfig;
+use loadgen::broker;
 use test_support::{kafka_brokers, unique_topic};
 
 fn config(rate: f64) -> BrokerConfig {

@@ -1,6 +1,6 @@
 //! A fake of contract v1, in memory, for what the bare server cannot test: seeding, writes,
-//! bearer tokens (as issue 5 will add them) and the visibility-lag probe. One server answers
-//! both the command and the query routes; a write is "projected" at once.
+//! bearer tokens and the visibility-lag probe. One server answers both the command and the
+//! query routes; a write is "projected" at once.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};

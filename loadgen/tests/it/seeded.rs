@@ -90,8 +90,8 @@ async fn a_seeded_run_writes_as_its_users_and_measures_the_lag() {
     assert_eq!(api.ledger.lock().expect("ledger").registrations, 20);
     assert!(again.operations.iter().all(|op| op.errors == 0));
 
-    // Without its tokens (a file from before the command API issued them), the same population
-    // cannot write: a writing run seeds a new one rather than send writes bound to fail.
+    // Without its tokens the same population cannot write: a writing run seeds a new one rather
+    // than send writes bound to fail.
     let mut tokenless = population;
     for user in &mut tokenless.users {
         user.access_token = None;

@@ -15,7 +15,9 @@ use events::{
     Envelope, Event, Idempotency, PostEdited, PostFormat, PostPublished, UserProfileUpdated,
     UserRegistered,
 };
-use projector::store::{Claim, Record, Store};
+use projector::ownership::Claim;
+use projector::record::Record;
+use projector::store::Store;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use test_support::TestDb;

@@ -5,8 +5,8 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use projector::metrics::LogEndWatch;
-use projector::store::{Claim, LogEnds};
+use projector::log_ends::{LogEndWatch, LogEnds};
+use projector::ownership::Claim;
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use test_support::TestDb;

@@ -6,7 +6,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use chrono::Utc;
 use events::progress::{Changed, ProgressNotice};
 use events::{Envelope, Event, PostEdited, PostFormat, PostPublished, UserRegistered};
-use projector::store::{Claim, Record, Store};
+use projector::ownership::Claim;
+use projector::record::Record;
+use projector::store::Store;
 use sqlx::postgres::PgListener;
 use test_support::TestDb;
 use uuid::Uuid;
@@ -340,7 +342,7 @@ async fn partition_figures(store: &Store, partition: i32) -> (Option<i64>, i64, 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_adds_its_decisions_and_dead_letters_to_its_partitions_counts_with_the_log_end() {
     let db = TestDb::create().await;
-    let log_ends = projector::store::LogEnds::default();
+    let log_ends = projector::log_ends::LogEnds::default();
     let store = store(&db).await.with_log_ends(log_ends.clone());
     let claims = store.claim(&[0, 1], "me").await.expect("claim");
     let (ada, bo) = (Uuid::now_v7(), Uuid::now_v7());

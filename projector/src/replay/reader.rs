@@ -1,0 +1,206 @@
+//! A replay's reader of the log: [`Reader`] hands out batches up to given targets, from the
+//! broker through a [`LogReader`] of its own, or from a log held in memory.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, anyhow, bail};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::{Offset, TopicPartitionList};
+
+use super::source::{LogSource, RecordedLog, throwaway_group};
+use crate::record::Record;
+
+/// How long reading the log may go without a record before a replay gives up.
+const STALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A replay's reader of the log.
+pub(super) enum Reader {
+    Kafka(LogReader),
+    Recorded {
+        log: Arc<RecordedLog>,
+        /// Next offset to hand out, per partition.
+        position: BTreeMap<i32, i64>,
+    },
+}
+
+impl Reader {
+    /// Reads each partition of `from` from its offset there.
+    pub(super) fn open(
+        source: &LogSource,
+        topic: &str,
+        from: &BTreeMap<i32, i64>,
+    ) -> anyhow::Result<Reader> {
+        Ok(match source {
+            LogSource::Kafka { brokers } => Reader::Kafka(LogReader::assign(brokers, topic, from)?),
+            LogSource::Recorded(log) => Reader::Recorded {
+                log: log.clone(),
+                position: from.clone(),
+            },
+        })
+    }
+
+    /// Up to `max` records, in log order within each partition, none at or past its
+    /// partition's target. Empty once every partition has reached its target.
+    pub(super) async fn next_batch(
+        &mut self,
+        targets: &BTreeMap<i32, i64>,
+        max: usize,
+    ) -> anyhow::Result<Vec<Record>> {
+        match self {
+            Reader::Kafka(reader) => reader.next_batch(targets, max).await,
+            Reader::Recorded { log, position } => {
+                let mut batch = Vec::with_capacity(max);
+                for (partition, at) in position.iter_mut() {
+                    let records = log.partitions.get(partition).map_or(&[][..], Vec::as_slice);
+                    let target = targets.get(partition).copied().unwrap_or(0);
+                    let take = usize::try_from(target - *at)
+                        .unwrap_or(0)
+                        .min(max - batch.len());
+                    let from = usize::try_from(*at).unwrap_or(usize::MAX);
+                    let Some(slice) = records.get(from..from + take) else {
+                        bail!(
+                            "the recorded log ends before offset {target} of partition {partition}"
+                        );
+                    };
+                    batch.extend_from_slice(slice);
+                    *at += take as i64;
+                }
+                Ok(batch)
+            }
+        }
+    }
+}
+
+/// Reads the topic from given offsets on every partition, without a consumer group: partitions
+/// are assigned by hand and nothing is committed. A partition is paused when it reaches its
+/// target; what was read past it is held for the next target, so nothing is read twice or lost.
+pub(super) struct LogReader {
+    consumer: StreamConsumer,
+    topic: String,
+    /// Next offset to hand out, per partition.
+    position: BTreeMap<i32, i64>,
+    /// Records read but not handed out yet, in log order.
+    held: BTreeMap<i32, VecDeque<Record>>,
+    paused: BTreeSet<i32>,
+}
+
+impl LogReader {
+    /// Starts each partition at its offset in `from`.
+    fn assign(brokers: &str, topic: &str, from: &BTreeMap<i32, i64>) -> anyhow::Result<LogReader> {
+        let consumer: StreamConsumer = ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .set("group.id", throwaway_group())
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            // A start out of range means the log lost records: say so, never skip.
+            .set("auto.offset.reset", "error")
+            // A partition resumed under the lock is fetched now, not after the broker's long
+            // poll of the others (500 ms by default): the live projector is waiting.
+            .set("fetch.wait.max.ms", "10")
+            .create()
+            .context("cannot create a Kafka consumer")?;
+        let mut assignment = TopicPartitionList::new();
+        for (partition, offset) in from {
+            assignment.add_partition_offset(topic, *partition, Offset::Offset(*offset))?;
+        }
+        consumer
+            .assign(&assignment)
+            .context("cannot assign the topic's partitions")?;
+        Ok(LogReader {
+            consumer,
+            topic: topic.to_owned(),
+            position: from.clone(),
+            held: BTreeMap::new(),
+            paused: BTreeSet::new(),
+        })
+    }
+
+    /// Up to `max` records, in log order within each partition, none at or past its
+    /// partition's target. Empty once every partition has reached its target.
+    async fn next_batch(
+        &mut self,
+        targets: &BTreeMap<i32, i64>,
+        max: usize,
+    ) -> anyhow::Result<Vec<Record>> {
+        let mut batch = Vec::new();
+        loop {
+            self.hand_out(targets, max, &mut batch);
+            if batch.len() >= max || self.reached(targets) {
+                return Ok(batch);
+            }
+            self.pause_or_resume(targets)?;
+            let message = tokio::time::timeout(STALL_TIMEOUT, self.consumer.recv())
+                .await
+                .map_err(|_| {
+                    anyhow!(
+                        "the broker delivered nothing for {} s; read up to {:?}, need {targets:?}",
+                        STALL_TIMEOUT.as_secs(),
+                        self.position
+                    )
+                })?
+                .context("cannot read the log")?;
+            let record = Record::from_message(&message);
+            drop(message);
+            let held = self.held.entry(record.partition).or_default();
+            let last = held
+                .back()
+                .map(|r| r.offset + 1)
+                .or_else(|| self.position.get(&record.partition).copied())
+                .unwrap_or(0);
+            // A record delivered again (the client may refetch after a pause) is skipped.
+            if record.offset >= last {
+                held.push_back(record);
+            }
+        }
+    }
+
+    /// Moves held records below their partition's target into `batch`.
+    fn hand_out(&mut self, targets: &BTreeMap<i32, i64>, max: usize, batch: &mut Vec<Record>) {
+        for (partition, held) in &mut self.held {
+            let target = targets.get(partition).copied().unwrap_or(0);
+            while batch.len() < max && held.front().is_some_and(|r| r.offset < target) {
+                if let Some(record) = held.pop_front() {
+                    self.position.insert(*partition, record.offset + 1);
+                    batch.push(record);
+                }
+            }
+        }
+    }
+
+    fn reached(&self, targets: &BTreeMap<i32, i64>) -> bool {
+        targets
+            .iter()
+            .all(|(p, target)| self.position.get(p).copied().unwrap_or(0) >= *target)
+    }
+
+    /// Fetches only for partitions that still need records nobody holds: bounds what is held.
+    fn pause_or_resume(&mut self, targets: &BTreeMap<i32, i64>) -> anyhow::Result<()> {
+        let mut pause = TopicPartitionList::new();
+        let mut resume = TopicPartitionList::new();
+        for (partition, position) in &self.position {
+            let needed = *position < targets.get(partition).copied().unwrap_or(0)
+                && self.held.get(partition).is_none_or(VecDeque::is_empty);
+            match (needed, self.paused.contains(partition)) {
+                (true, true) => {
+                    resume.add_partition(&self.topic, *partition);
+                    self.paused.remove(partition);
+                }
+                (false, false) => {
+                    pause.add_partition(&self.topic, *partition);
+                    self.paused.insert(*partition);
+                }
+                _ => {}
+            }
+        }
+        if pause.count() > 0 {
+            self.consumer.pause(&pause)?;
+        }
+        if resume.count() > 0 {
+            self.consumer.resume(&resume)?;
+        }
+        Ok(())
+    }
+}
