@@ -5,7 +5,11 @@
 //! This crate earns its place by keeping the three services' test binaries on one harness: the
 //! same environment variables, the same clean-up, the same way to stop a dependency.
 //!
-//! Environment (the `dev test` script sets all of them):
+//! The feature `harness` (on by default) is all of the above; without it (the developer tasks,
+//! `xtask`, which start brokers with [`tansu::start`]) the crate leaves out what needs a Kafka
+//! client, PostgreSQL's client or an HTTP client, and builds in seconds.
+//!
+//! Environment (`./dev test`, that is `cargo xtask test`, sets all of them):
 //! - `TEST_DATABASE_URL`: an admin connection to the shared server (default
 //!   `postgres://postgres@127.0.0.1:5432/postgres`); each test gets `CREATE DATABASE` of its own.
 //! - `KAFKA_BROKERS`: the shared broker (default `127.0.0.1:9092`); each test gets its own topic.
@@ -17,26 +21,38 @@
 //!   the newest under `/usr/lib/postgresql`).
 //!
 //! [`openapi`] checks real answers against a service's OpenAPI document.
-//! [`metrics_docs`] holds each service's check of its `/metrics` against `docs/metrics.md`.
+//! [`metrics_docs`] holds each service's check of its `/metrics` against `docs/metrics.md`,
+//! [`config_docs`] each binary's check of its options against `docs/configuration.md`, and
+//! [`dashboards`] the check of the Grafana dashboards' metrics against `docs/metrics.md`.
 //! [`tansu`] adds the indexes tansu's storage lacks to every broker a test starts.
 
 pub mod openapi;
 
 use std::net::TcpListener;
 use std::path::PathBuf;
+#[cfg(feature = "harness")]
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+#[cfg(feature = "harness")]
+use std::time::Instant;
 
-use anyhow::{Context, bail};
+#[cfg(feature = "harness")]
+use anyhow::Context;
+#[cfg(feature = "harness")]
 use rdkafka::ClientConfig;
+#[cfg(feature = "harness")]
 use rdkafka::consumer::{BaseConsumer, Consumer};
+#[cfg(feature = "harness")]
 use sqlx::{Connection, Executor, PgConnection};
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 use uuid::Uuid;
 
+pub mod config_docs;
+pub mod dashboards;
 pub mod metrics_docs;
 pub mod tansu;
 
+#[cfg(feature = "harness")]
 /// The migrations the projector applies, for tests that set up a schema without a projector.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 
@@ -62,6 +78,7 @@ pub fn free_port() -> u16 {
         .expect("no free port on loopback")
 }
 
+#[cfg(feature = "harness")]
 /// A database of the test's own on the shared server, dropped by [`TestDb::drop_database`] or
 /// left for inspection when a test fails.
 #[derive(Debug)]
@@ -71,6 +88,7 @@ pub struct TestDb {
     admin_url: String,
 }
 
+#[cfg(feature = "harness")]
 impl TestDb {
     /// Creates an empty database (no schema).
     pub async fn create() -> TestDb {
@@ -127,6 +145,7 @@ impl TestDb {
     }
 }
 
+#[cfg(feature = "harness")]
 fn replace_database(url: &str, database: &str) -> String {
     let (base, query) = url
         .split_once('?')
@@ -138,6 +157,7 @@ fn replace_database(url: &str, database: &str) -> String {
     }
 }
 
+#[cfg(feature = "harness")]
 /// The sum of a topic's partition end offsets: how many records it holds. Tests compare it
 /// before and after a request to prove that nothing was appended.
 pub fn topic_end_offset_sum(brokers: &str, topic: &str) -> anyhow::Result<i64> {
@@ -160,24 +180,6 @@ pub fn topic_end_offset_sum(brokers: &str, topic: &str) -> anyhow::Result<i64> {
         sum += high;
     }
     Ok(sum)
-}
-
-/// Waits until something accepts TCP connections on `port`. Startup of a child process has no
-/// signal to wait on but its socket.
-async fn wait_for_port(port: u16, within: Duration) -> anyhow::Result<()> {
-    let deadline = Instant::now() + within;
-    loop {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!("nothing listens on port {port} after {within:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// A Kafka-protocol broker (tansu) of the test's own, on its own port and storage, that the test
@@ -212,31 +214,17 @@ impl OwnBroker {
 
     /// Starts the broker process again (on the same port and data) after [`OwnBroker::stop`].
     pub async fn resume(&mut self) {
-        let bin = env_or("TANSU_BIN", "tansu");
-        let url = format!("tcp://127.0.0.1:{}", self.port);
-        let log = std::fs::File::create(self.dir.path().join("tansu.log")).expect("log file");
-        let child = Command::new(&bin)
-            .arg("broker")
-            .arg("--storage-engine")
-            // tansu resolves sqlite:// paths against its working directory.
-            .arg("sqlite://tansu.db")
-            .current_dir(self.dir.path())
-            .arg("--listener-url")
-            .arg(&url)
-            .arg("--advertised-listener-url")
-            .arg(&url)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap_or_else(|e| panic!("start broker {bin}: {e} (set TANSU_BIN)"));
+        let bin = PathBuf::from(env_or("TANSU_BIN", "tansu"));
+        let child = tansu::start(
+            &bin,
+            self.port,
+            self.dir.path(),
+            &self.dir.path().join("tansu.log"),
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("start broker {}: {e:#} (set TANSU_BIN)", bin.display()));
         self.child = Some(child);
-        wait_for_port(self.port, Duration::from_secs(30))
-            .await
-            .expect("broker starts");
-        tansu::index(&self.storage())
-            .await
-            .expect("index the broker's storage");
     }
 
     /// Freezes the broker process (SIGSTOP): its sockets stay open and the kernel still takes
@@ -274,6 +262,7 @@ impl OwnBroker {
     }
 }
 
+#[cfg(feature = "harness")]
 /// A throwaway PostgreSQL cluster (`initdb` in a temp dir, its own port) that a fault test may
 /// stop and start without touching the machine's shared server; or a hot standby of one
 /// ([`OwnPostgres::start_standby`]) whose replay a test may pause.
@@ -284,6 +273,7 @@ pub struct OwnPostgres {
     bin: PathBuf,
 }
 
+#[cfg(feature = "harness")]
 impl OwnPostgres {
     pub async fn start() -> OwnPostgres {
         let bin = std::env::var("PG_BIN_DIR")
@@ -444,6 +434,7 @@ impl OwnPostgres {
     }
 }
 
+#[cfg(feature = "harness")]
 impl Drop for OwnPostgres {
     fn drop(&mut self) {
         let data = self.dir.path().join("data").display().to_string();
@@ -454,6 +445,7 @@ impl Drop for OwnPostgres {
     }
 }
 
+#[cfg(feature = "harness")]
 /// A temp dir for a cluster of our own. initdb and postgres refuse to run as root, so when we
 /// are root the cluster runs as the postgres user ([`run_pg`]), which must own the dir.
 fn cluster_dir() -> tempfile::TempDir {
@@ -468,6 +460,7 @@ fn cluster_dir() -> tempfile::TempDir {
     dir
 }
 
+#[cfg(feature = "harness")]
 fn run_pg(program: &std::path::Path, args: &[&str]) -> std::process::ExitStatus {
     let mut command = if running_as_root() {
         let mut c = std::process::Command::new("runuser");
@@ -483,6 +476,7 @@ fn run_pg(program: &std::path::Path, args: &[&str]) -> std::process::ExitStatus 
         .unwrap_or_else(|e| panic!("run {}: {e}", program.display()))
 }
 
+#[cfg(feature = "harness")]
 fn running_as_root() -> bool {
     std::process::Command::new("id")
         .arg("-u")
@@ -490,6 +484,7 @@ fn running_as_root() -> bool {
         .is_ok_and(|o| o.stdout == b"0\n")
 }
 
+#[cfg(feature = "harness")]
 fn newest_pg_bin() -> PathBuf {
     let mut versions: Vec<u32> = std::fs::read_dir("/usr/lib/postgresql")
         .map(|entries| {
@@ -503,6 +498,7 @@ fn newest_pg_bin() -> PathBuf {
     PathBuf::from(format!("/usr/lib/postgresql/{version}/bin"))
 }
 
+#[cfg(feature = "harness")]
 /// A plain HTTP client for the tests. Its timeout is a last resort against a hang, longer than
 /// any bound a service under test applies itself (the tests' consistency wait is 60 s), so that
 /// a slow answer fails on the service's own terms (a 503), not on the client's.

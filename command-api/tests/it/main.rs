@@ -5,6 +5,7 @@ mod auth;
 mod backpressure;
 mod boundaries;
 mod broker_down;
+mod config_docs;
 mod helpers;
 mod idempotency;
 mod limits;

@@ -8,6 +8,7 @@ mod bare;
 mod broker;
 mod chaos;
 mod chaos_fake;
+mod config_docs;
 mod fake_api;
 mod helpers;
 mod seeded;

@@ -7,6 +7,7 @@
 
 mod stack;
 
+mod config_docs;
 mod crashes;
 mod determinism;
 mod log_ends;

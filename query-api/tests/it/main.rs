@@ -12,6 +12,7 @@ mod browser;
 mod cache;
 mod commands;
 mod conditional;
+mod config_docs;
 mod consistency;
 mod generations;
 mod helpers;
