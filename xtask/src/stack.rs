@@ -359,25 +359,33 @@ impl Profile {
     }
 }
 
-/// Builds every binary of the workspace (but this one) with `profile`; returns the directory
-/// they are in. The target directory may be moved by CARGO_TARGET_DIR or a cargo config, so
-/// cargo is asked where it is.
+/// Builds every binary of the workspace with `profile`; returns the directory they are in. The
+/// target directory may be moved by CARGO_TARGET_DIR or a cargo config, so cargo is asked where
+/// it is.
+///
+/// A debug build also names the test targets: cargo then resolves the dependencies' features as
+/// `./dev test` does (dev-dependencies included), so the binaries are the very ones the tests
+/// built, and a fuzz or chaos run after the tests compiles nothing. Without `--tests` the same
+/// binaries come out of a second build of most of the dependency tree.
 pub async fn build_binaries(profile: Profile) -> anyhow::Result<PathBuf> {
-    let mut build = Command::new("cargo");
-    build
-        .current_dir(repo_root())
-        .args(["build", "--bins", "--workspace", "--exclude", "xtask"]);
-    if profile == Profile::Release {
-        build.arg("--release");
-    }
+    let arguments: &[&str] = match profile {
+        // This crate is left out: nothing runs it in release.
+        Profile::Release => &[
+            "build",
+            "--workspace",
+            "--exclude",
+            "xtask",
+            "--bins",
+            "--release",
+        ],
+        Profile::Debug => &["build", "--workspace", "--bins", "--tests"],
+    };
     say(format_args!(
-        "Building the binaries (cargo build --bins{})",
-        if profile == Profile::Release {
-            " --release"
-        } else {
-            ""
-        }
+        "Building the binaries (cargo {})",
+        arguments.join(" ")
     ));
+    let mut build = Command::new("cargo");
+    build.current_dir(repo_root()).args(arguments);
     let status = build
         .stdin(Stdio::null())
         .status()
