@@ -9,6 +9,7 @@ use anyhow::{Context, anyhow, bail};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::{Offset, TopicPartitionList};
+use tokio::time::Instant;
 
 use super::source::{LogSource, RecordedLog, throwaway_group};
 use crate::record::Record;
@@ -126,22 +127,39 @@ impl LogReader {
         max: usize,
     ) -> anyhow::Result<Vec<Record>> {
         let mut batch = Vec::new();
+        let mut deadline = Instant::now() + STALL_TIMEOUT;
+        let mut last_error = None;
         loop {
             self.hand_out(targets, max, &mut batch);
             if batch.len() >= max || self.reached(targets) {
                 return Ok(batch);
             }
             self.pause_or_resume(targets)?;
-            let message = tokio::time::timeout(STALL_TIMEOUT, self.consumer.recv())
-                .await
-                .map_err(|_| {
-                    anyhow!(
+            let message = match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
+                Ok(Ok(message)) => message,
+                // librdkafka reports a lost connection (all brokers down, a transport failure)
+                // as an error of the stream, and reconnects by itself: as the live consumer
+                // does, the reader carries on, within the same bound on a stalled log.
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "cannot read the log; retrying");
+                    last_error = Some(e);
+                    continue;
+                }
+                Err(_) => {
+                    let stalled = anyhow!(
                         "the broker delivered nothing for {} s; read up to {:?}, need {targets:?}",
                         STALL_TIMEOUT.as_secs(),
                         self.position
-                    )
-                })?
-                .context("cannot read the log")?;
+                    );
+                    return Err(match last_error {
+                        Some(e) => anyhow::Error::new(e)
+                            .context("cannot read the log")
+                            .context(stalled),
+                        None => stalled,
+                    });
+                }
+            };
+            deadline = Instant::now() + STALL_TIMEOUT;
             let record = Record::from_message(&message);
             drop(message);
             let held = self.held.entry(record.partition).or_default();
