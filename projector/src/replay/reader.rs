@@ -222,3 +222,106 @@ impl LogReader {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    use test_support::OwnBroker;
+    use tokio::sync::mpsc;
+    use tracing_subscriber::layer::{Context as LayerContext, SubscriberExt};
+
+    use super::*;
+
+    /// Tells the test each time the reader says it retries after an error of the log.
+    struct RetrySignal(mpsc::UnboundedSender<()>);
+
+    impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for RetrySignal {
+        fn on_event(&self, event: &tracing::Event<'_>, _: LayerContext<'_, S>) {
+            struct Message(bool);
+            impl tracing::field::Visit for Message {
+                fn record_debug(
+                    &mut self,
+                    field: &tracing::field::Field,
+                    value: &dyn std::fmt::Debug,
+                ) {
+                    if field.name() == "message" {
+                        self.0 |= format!("{value:?}").contains("cannot read the log; retrying");
+                    }
+                }
+            }
+            let mut message = Message(false);
+            event.record(&mut message);
+            if message.0 {
+                let _ = self.0.send(());
+            }
+        }
+    }
+
+    async fn append(brokers: &str, topic: &str, payload: &str) {
+        let producer: FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .create()
+            .expect("producer");
+        producer
+            .send(
+                FutureRecord::to(topic)
+                    .key("k")
+                    .payload(payload)
+                    .partition(0),
+                Duration::from_secs(30),
+            )
+            .await
+            .expect("append");
+    }
+
+    /// A broker that goes away in the middle of a read and comes back: the reader reports the
+    /// lost connection, carries on, and hands out the record appended once it is back.
+    #[tokio::test]
+    async fn a_read_carries_on_through_a_broker_restart() {
+        let mut broker = OwnBroker::start().await;
+        let brokers = broker.brokers();
+        let topic = test_support::unique_topic("reader");
+        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .create()
+            .expect("admin client");
+        admin
+            .create_topics(
+                &[NewTopic::new(&topic, 1, TopicReplication::Fixed(1))],
+                &AdminOptions::new(),
+            )
+            .await
+            .expect("create topic");
+        append(&brokers, &topic, "first").await;
+
+        let mut reader =
+            LogReader::assign(&brokers, &topic, &BTreeMap::from([(0, 0)])).expect("reader");
+        let first = reader
+            .next_batch(&BTreeMap::from([(0, 1)]), 10)
+            .await
+            .expect("first record");
+        assert_eq!(first.len(), 1);
+
+        let (retried, mut retries) = mpsc::unbounded_channel();
+        let _subscriber = tracing::subscriber::set_default(
+            tracing_subscriber::registry().with(RetrySignal(retried)),
+        );
+        broker.stop().await;
+        let whole_log = BTreeMap::from([(0, 2)]);
+        let second = reader.next_batch(&whole_log, 10);
+        tokio::pin!(second);
+        tokio::select! {
+            read = &mut second => panic!("the read ended while the broker was down: {read:?}"),
+            _ = retries.recv() => {}
+        }
+        broker.resume().await;
+        let (second, ()) = tokio::join!(second, append(&brokers, &topic, "second"));
+        let second = second.expect("the read carries on once the broker is back");
+        assert_eq!(second.len(), 1);
+        assert_eq!(second[0].offset, 1);
+    }
+}
