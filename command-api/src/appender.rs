@@ -58,13 +58,15 @@ pub enum AppendError {
     TimedOut(Duration),
     #[error("the producer went away before reporting the delivery")]
     Canceled,
+    #[error("the broker holds the record but its offset could not be read: {0}")]
+    OffsetUnknown(KafkaError),
 }
 
 impl AppendError {
     /// Whether the producer that failed must be retired: every failure that may have bumped its
     /// epoch. A full queue is local back-pressure and says nothing about the producer.
     fn retires_producer(&self) -> bool {
-        !matches!(self, AppendError::QueueFull)
+        !matches!(self, AppendError::QueueFull | AppendError::OffsetUnknown(_))
     }
 
     /// A short label for metrics.
@@ -75,6 +77,7 @@ impl AppendError {
             AppendError::NotAcknowledged(_) => "not_acknowledged",
             AppendError::TimedOut(_) => "timed_out",
             AppendError::Canceled => "canceled",
+            AppendError::OffsetUnknown(_) => "offset_unknown",
         }
     }
 }
@@ -233,10 +236,48 @@ impl Appender {
             Err(_) => Err(AppendError::TimedOut(self.append_bound())),
             Ok(Err(_canceled)) => Err(AppendError::Canceled),
             Ok(Ok(Err((error, _message)))) => Err(AppendError::NotAcknowledged(error)),
-            Ok(Ok(Ok(delivery))) => Ok(ConsistencyToken {
+            Ok(Ok(Ok(delivery))) if delivery.offset >= 0 => Ok(ConsistencyToken {
                 partition: delivery.partition,
                 offset: delivery.offset,
             }),
+            Ok(Ok(Ok(delivery))) => self.token_below_end(producer, delivery.partition).await,
+        }
+    }
+
+    /// The token of a record the broker acknowledged without its offset. That happens when the
+    /// broker takes an idempotent retry as a duplicate of a record it already holds (the first
+    /// answer was lost, say to a broker restart): librdkafka then reports the delivery at offset
+    /// -1. The record is in the partition below its end, so the token of the last record there is
+    /// never earlier than the write: a read with it may wait for a few more records, never fewer.
+    async fn token_below_end(
+        &self,
+        producer: &FutureProducer,
+        partition: i32,
+    ) -> Result<ConsistencyToken, AppendError> {
+        // librdkafka's watermark query blocks its thread, within the bound it is given.
+        let (producer, topic, bound) = (producer.clone(), self.topic.clone(), self.append_bound());
+        let end = tokio::task::spawn_blocking(move || {
+            producer.client().fetch_watermarks(&topic, partition, bound)
+        })
+        .await
+        .map_err(|_| AppendError::Canceled)?;
+        match end {
+            Ok((_, high)) if high > 0 => Ok(ConsistencyToken {
+                partition,
+                offset: high - 1,
+            }),
+            Ok((low, high)) => {
+                tracing::error!(
+                    partition,
+                    low,
+                    high,
+                    "an acknowledged record's partition is empty"
+                );
+                Err(AppendError::OffsetUnknown(KafkaError::MetadataFetch(
+                    RDKafkaErrorCode::OffsetOutOfRange,
+                )))
+            }
+            Err(error) => Err(AppendError::OffsetUnknown(error)),
         }
     }
 
