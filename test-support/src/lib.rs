@@ -462,26 +462,29 @@ fn cluster_dir() -> tempfile::TempDir {
 
 #[cfg(feature = "harness")]
 fn run_pg(program: &std::path::Path, args: &[&str]) -> std::process::ExitStatus {
-    let mut command = if running_as_root() {
-        let mut c = std::process::Command::new("runuser");
-        c.args(["-u", "postgres", "--"]).arg(program);
-        c
-    } else {
-        std::process::Command::new(program)
-    };
-    command
+    as_postgres(program)
         .args(args)
         .stdout(Stdio::null())
         .status()
         .unwrap_or_else(|e| panic!("run {}: {e}", program.display()))
 }
 
-#[cfg(feature = "harness")]
-fn running_as_root() -> bool {
-    std::process::Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| o.stdout == b"0\n")
+/// `program` (initdb, postgres, pg_ctl), run as the postgres user when this process is root:
+/// the server's programs refuse to run as root.
+pub fn as_postgres(program: &std::path::Path) -> std::process::Command {
+    if running_as_root() {
+        let mut command = std::process::Command::new("runuser");
+        command.args(["-u", "postgres", "--"]).arg(program);
+        command
+    } else {
+        std::process::Command::new(program)
+    }
+}
+
+/// True when this process runs as root, so that a cluster of its own runs as the postgres user
+/// ([`as_postgres`]), which must then own the cluster's directory.
+pub fn running_as_root() -> bool {
+    rustix::process::geteuid().is_root()
 }
 
 #[cfg(feature = "harness")]

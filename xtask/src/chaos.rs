@@ -26,7 +26,7 @@ use anyhow::Context;
 use crate::layout::stack_dir;
 use crate::nginx::{Instances, require_nginx, start_instances_behind_nginx};
 use crate::output::{say, show_log_tail, warn};
-use crate::process::{instance_port, interrupted, require, succeeds};
+use crate::process::{instance_port, interrupted, require, shell_code, succeeds};
 use crate::settings::{Waits, seconds, var_or};
 use crate::stack::{Profile, Stack, build_binaries, random_hex};
 use crate::tansu::{self, Broker};
@@ -353,16 +353,6 @@ impl Run<'_> {
         }
         Ok(ExitCode::from(code))
     }
-}
-
-/// A process's exit status as a shell reports it: its code, or 128 + the signal that ended it.
-fn shell_code(status: ExitStatus) -> u8 {
-    use std::os::unix::process::ExitStatusExt;
-    let code = status
-        .code()
-        .or_else(|| status.signal().map(|signal| 128 + signal))
-        .unwrap_or(1);
-    u8::try_from(code).unwrap_or(1)
 }
 
 /// Stops everything the run started, whichever way it ends: the load, the services, nginx and

@@ -152,15 +152,20 @@ pub async fn run_foreground(
     }
 }
 
-/// An exit status as this process's exit code: the same code, or 128 + the signal's number for a
-/// process a signal ended (as a shell reports it).
-pub fn exit_code(status: ExitStatus) -> ExitCode {
+/// An exit status as a shell reports it: the same code, or 128 + the signal's number for a
+/// process a signal ended.
+pub fn shell_code(status: ExitStatus) -> u8 {
     use std::os::unix::process::ExitStatusExt;
     let code = status
         .code()
         .or_else(|| status.signal().map(|signal| 128 + signal))
         .unwrap_or(1);
-    ExitCode::from(u8::try_from(code).unwrap_or(1))
+    u8::try_from(code).unwrap_or(1)
+}
+
+/// An exit status as this process's exit code ([`shell_code`]).
+pub fn exit_code(status: ExitStatus) -> ExitCode {
+    ExitCode::from(shell_code(status))
 }
 
 /// Resolves when SIGINT (Ctrl-C) or SIGTERM arrives, with the exit code a shell gives such an
@@ -251,10 +256,4 @@ pub async fn succeeds(program: &str, args: &[&str], within: Duration) -> bool {
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     matches!(run_bounded(&mut command, within, program).await, Ok(status) if status.success())
-}
-
-/// True when this process runs as root (initdb and postgres refuse to, so they run as the
-/// postgres user then).
-pub fn running_as_root() -> bool {
-    rustix::process::geteuid().is_root()
 }

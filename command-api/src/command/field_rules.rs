@@ -154,12 +154,13 @@ fn json_type(value: &Value) -> &'static str {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use serde_json::json;
 
     use super::*;
 
-    fn fields_of(result: Result<Event, Vec<FieldError>>) -> Vec<String> {
+    /// The fields a refused body's errors name, in order.
+    pub(in crate::command) fn fields_of(result: Result<Event, Vec<FieldError>>) -> Vec<String> {
         result
             .expect_err("rejected")
             .into_iter()

@@ -96,18 +96,10 @@ mod tests {
     use serde_json::{Map, Value, json};
 
     use super::*;
+    use crate::command::field_rules::tests::fields_of;
     use crate::command::field_rules::{
         WHOLE_BODY, edit_post, publish_post, register_user, update_profile,
     };
-
-    /// The fields a refused body's errors name, in order.
-    fn fields_of(result: Result<events::Event, Vec<service_kit::FieldError>>) -> Vec<String> {
-        result
-            .expect_err("rejected")
-            .into_iter()
-            .map(|e| e.field)
-            .collect()
-    }
 
     /// The schemas of the OpenAPI document against the rules: a body made from a schema is
     /// accepted exactly when it keeps to it.

@@ -12,11 +12,12 @@ use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use test_support::running_as_root;
 use tokio::process::Command;
 
 use crate::output::show_log_tail;
 use crate::postgres::newest_server_bin_dir;
-use crate::process::{instance_port, run_bounded, running_as_root};
+use crate::process::{instance_port, run_bounded};
 use crate::settings::Waits;
 
 /// How long `initdb` may take.
@@ -55,7 +56,7 @@ impl Cluster {
         }
         let log = std::fs::File::create(initdb_log)
             .with_context(|| format!("cannot create {}", initdb_log.display()))?;
-        let mut initdb = as_postgres(&bin.join("initdb"));
+        let mut initdb = Command::from(test_support::as_postgres(&bin.join("initdb")));
         initdb
             .arg("-D")
             .arg(dir.join("data"))
@@ -169,22 +170,11 @@ impl Cluster {
 
     /// `pg_ctl -D <data>`, as the postgres user when we are root.
     fn pg_ctl(&self) -> Command {
-        let mut command = as_postgres(&self.bin.join("pg_ctl"));
+        let mut command = Command::from(test_support::as_postgres(&self.bin.join("pg_ctl")));
         command
             .arg("-D")
             .arg(self.dir.join("data"))
             .stdin(Stdio::null());
         command
-    }
-}
-
-/// `program`, run as the postgres user when we are root (initdb and postgres refuse root).
-fn as_postgres(program: &Path) -> Command {
-    if running_as_root() {
-        let mut command = Command::new("runuser");
-        command.args(["-u", "postgres", "--"]).arg(program);
-        command
-    } else {
-        Command::new(program)
     }
 }
